@@ -1,0 +1,12 @@
+import pytest
+import torch
+
+
+@pytest.fixture
+def float64():
+    """Run a test with float64 as the default dtype (numbers are compared to round-off)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(previous)
