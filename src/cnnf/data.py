@@ -277,8 +277,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickler that resolves only the globals needed to rebuild plain numpy arrays."""
 
     ALLOWED: dict[tuple[str, str], object] = {
-        ("numpy.core.multiarray", "_reconstruct"): (_reconstruct := _array_reconstructor()),
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy.core.multiarray", "_reconstruct"): _array_reconstructor(),
+        ("numpy._core.multiarray", "_reconstruct"): _array_reconstructor(),
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
     }
