@@ -1,0 +1,93 @@
+"""Checkpoints: written atomically, read with `weights_only=True`, checked before use.
+
+A checkpoint is a plain dict: {"format", "spec", "settings", "model"} plus, for training
+state, {"optimizer", "epoch", "step", "rng", "totals", "config"}.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from cnnf.model import CNNF
+
+FORMAT = 1
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_state(model: CNNF) -> dict:
+    """The part of a checkpoint that rebuilds the model."""
+    return {"format": FORMAT, "spec": model.spec, "settings": model.settings(), "model": model.state_dict()}
+
+
+def read(path: str | Path) -> dict:
+    """Load a checkpoint dict safely, or raise CheckpointError saying what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({type(error).__name__}); "
+            "resume from the run folder's last good checkpoint or train again"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
+        raise CheckpointError(f"{path} is not a cnnf checkpoint (format {FORMAT}); save models with cnnf.checkpoint")
+    return state
+
+
+def load_into(model: CNNF, state: dict, source: str | Path) -> CNNF:
+    """Load `state` into `model`, refusing a checkpoint of another architecture."""
+    if state["spec"] != model.spec:
+        raise CheckpointError(
+            f"{source} holds another architecture ({_describe(state['spec'])}) than the model "
+            f"({_describe(model.spec)}); build the model from the checkpoint with cnnf.checkpoint.load_model"
+        )
+    model.load_state_dict(state["model"])
+    return model
+
+
+def load_model(path: str | Path, **overrides) -> CNNF:
+    """Rebuild a model from a checkpoint; `overrides` change settings such as iterations."""
+    state = read(path)
+    model = CNNF(state["spec"], **{**state["settings"], **overrides})
+    return load_into(model, state, path).eval()
+
+
+def pretrained_names() -> list[str]:
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
+
+
+def load_pretrained(name: str, **overrides) -> CNNF:
+    """A model trained by us and shipped with the package (see its model card, NAME.yaml)."""
+    path = PRETRAINED_DIR / f"{name}.pt"
+    if not path.is_file():
+        raise CheckpointError(f"no pretrained model {name!r}; available: {', '.join(pretrained_names()) or 'none'}")
+    return load_model(path, **overrides)
+
+
+def _describe(spec: dict) -> str:
+    return " | ".join(" ".join(block) for block in spec["blocks"])

@@ -1,0 +1,114 @@
+"""The `cnnf` command: train, test and list models. Bad input exits with code 2 and one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cnnf import checkpoint
+from cnnf.accuracy import accuracy_per_iteration
+from cnnf.config import ConfigError, load_config
+from cnnf.data import DataError, load_dataset
+from cnnf.train import RunFolderError, train
+from cnnf.zoo import list_models
+
+USER_ERRORS = (ConfigError, DataError, checkpoint.CheckpointError, RunFolderError, ValueError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except USER_ERRORS as error:
+        print(f"cnnf: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cnnf: interrupted; resume a training run with: cnnf train --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnnf", description="CNN-F: CNNs with recurrent generative feedback")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = commands.add_parser("train", help="train a model from a config (or resume a run)")
+    p.add_argument("--config", type=Path, help="YAML config, e.g. configs/cnnf5_fmnist_quick.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable)")
+    p.add_argument("--out", type=Path, help="run folder (default: runs/CONFIG_NAME)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.set_defaults(handler=_train)
+
+    p = commands.add_parser("test", help="clean test accuracy after every iteration count 0..N")
+    _add_model_source(p)
+    p.add_argument("--iterations", type=int, help="evaluate 0..N iterations (default: the model's N)")
+    p.add_argument("--dataset", help="fashion-mnist or mnist (default: the one the model was trained on)")
+    p.add_argument("--data-dir", type=Path, help="folder holding the data set files")
+    p.set_defaults(handler=_test)
+
+    p = commands.add_parser("list-models", help="registered architectures and shipped pretrained weights")
+    p.set_defaults(handler=_list_models)
+    return parser
+
+
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("run_dir", nargs="?", type=Path, help="a run folder (uses its model.pt)")
+    source.add_argument("--pretrained", metavar="NAME", help="a shipped model (cnnf list-models)")
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        if args.config is not None or args.overrides:
+            raise ConfigError("--resume continues a run with its saved config; drop --config and --set")
+        path = train(args.resume, resume=True)
+    else:
+        if args.config is None:
+            raise ConfigError("give --config CONFIG.yaml to start a run, or --resume RUN_DIR to continue one")
+        config = load_config(args.config, args.overrides)
+        run_dir = args.out or Path("runs") / args.config.stem
+        path = train(run_dir, config, overwrite=args.overwrite)
+    print(f"final model: {path}")
+    return 0
+
+
+def load_model_source(args: argparse.Namespace):
+    """(model, saved training config) from a run folder or a pretrained name."""
+    if args.pretrained:
+        path = checkpoint.PRETRAINED_DIR / f"{args.pretrained}.pt"
+        model = checkpoint.load_pretrained(args.pretrained)
+    else:
+        path = args.run_dir / "model.pt" if args.run_dir.is_dir() else args.run_dir
+        model = checkpoint.load_model(path)
+    return model, checkpoint.read(path).get("config", {})
+
+
+def _test(args: argparse.Namespace) -> int:
+    model, config = load_model_source(args)
+    dataset = args.dataset or config.get("dataset", "fashion-mnist")
+    data_dir = args.data_dir or config.get("data_dir")
+    iterations = model.iterations if args.iterations is None else args.iterations
+    test_set = load_dataset(dataset, data_dir)["test"]
+    acc = accuracy_per_iteration(model, test_set, iterations)
+    print(f"clean test accuracy on {dataset} ({len(test_set)} images), model trained with N = {model.iterations}")
+    print(f"{'iterations':>10}  {'last':>7}  {'average':>7}")
+    for t in range(iterations + 1):
+        print(f"{t:>10}  {100 * acc['last'][t]:6.2f}%  {100 * acc['average'][t]:6.2f}%")
+    return 0
+
+
+def _list_models(args: argparse.Namespace) -> int:
+    print("architectures (cnnf.create_model):")
+    for name in list_models():
+        print(f"  {name}")
+    print("pretrained weights (cnnf.load_pretrained, --pretrained NAME):")
+    for name in checkpoint.pretrained_names():
+        print(f"  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

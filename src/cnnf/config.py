@@ -1,0 +1,107 @@
+"""Training configuration: one dataclass, read from YAML, overridden with `key=value`."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and the fix."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Defaults are the paper's (appendix B.1)."""
+
+    model: str = "paper_mnist"          # registered architecture (cnnf list-models)
+    iterations: int = 5                 # N feedback iterations while training (0 = CNN)
+    reconstruct_to: int | None = None   # layer k (None: the architecture's default)
+    output: str = "last"                # scored logits: "last" | "average"
+    residual: float = 1.0               # r in h <- h + r (g - h); 1 is the paper
+    dataset: str = "fashion-mnist"      # "fashion-mnist" | "mnist"
+    data_dir: str | None = None         # None: the default location of the data set
+    val_size: int = 5000                # validation images carved from the training set
+    train_subset: int | None = None     # use only the first n shuffled training images
+    epochs: int = 30
+    batch_size: int = 128               # the paper is silent; 128 is the released code's default
+    lr: float = 1e-3                    # Adam
+    weight_decay: float = 5e-4
+    alpha_ce: float = 1.0
+    alpha_rec: float = 0.1
+    alpha_cll: float = 0.0
+    alpha_norm: float = 0.0
+    seed: int = 0
+    threads: int | None = None          # torch.set_num_threads; None: torch's default
+    checkpoint_every: int = 100         # steps between checkpoints (and one per epoch)
+    eval_batch_size: int = 500
+    tensorboard: bool = False
+    adversarial: dict | None = None     # adversarial training (see cnnf.adversarial), None: off
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(fields)}")
+        for key, value in values.items():
+            _check_type(key, value, typing.get_type_hints(cls)[key])
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        positive = ("epochs", "batch_size", "val_size", "checkpoint_every", "eval_batch_size")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.iterations < 0:
+            raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML config and apply `key=value` overrides (values parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; see configs/ for the shipped ones")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of key: value, got {type(values).__name__}")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        values[key.strip()] = yaml.safe_load(raw)
+    return TrainConfig.from_dict(values)
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _check_type(key: str, value: object, hint: object) -> None:
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    allowed = tuple(type(None) if a is None else a for a in allowed)
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if isinstance(value, bool) and bool not in allowed:
+        raise ConfigError(f"{key} must be {_names(allowed)}, got {value!r}")
+    if not isinstance(value, allowed):
+        raise ConfigError(f"{key} must be {_names(allowed)}, got {value!r} ({type(value).__name__})")
+
+
+def _names(types_: tuple) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types_)

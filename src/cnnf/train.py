@@ -1,0 +1,202 @@
+"""Training: one run folder per run, atomic checkpoints, exact resume after a kill.
+
+Run folder:
+    config.yaml      the resolved config
+    metrics.jsonl    one JSON line per epoch: loss terms, train / validation accuracy, images/s
+    checkpoint.pt    model, optimizer, RNG state, epoch and step (written atomically)
+    model.pt         the final model (written at the end)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from cnnf import checkpoint
+from cnnf.accuracy import accuracy_per_iteration
+from cnnf.config import ConfigError, TrainConfig, load_config, save_config
+from cnnf.data import ImageSet, load_dataset, train_val_split
+from cnnf.losses import LossWeights
+from cnnf.model import CNNF
+from cnnf.steps import make_step
+from cnnf.zoo import create_model
+
+TERMS = ("total", "ce", "rec", "cll", "norm")
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked (exists, or has nothing to resume)."""
+
+
+def build_model(config: TrainConfig) -> CNNF:
+    settings = {"iterations": config.iterations, "output": config.output, "residual": config.residual}
+    if config.reconstruct_to is not None:
+        settings["reconstruct_to"] = config.reconstruct_to
+    return create_model(config.model, **settings)
+
+
+def load_splits(config: TrainConfig) -> tuple[ImageSet, ImageSet]:
+    """(train, validation) from the training set; the test set is never touched here."""
+    train, val = train_val_split(load_dataset(config.dataset, config.data_dir)["train"], config.val_size, config.seed)
+    if config.train_subset is not None:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
+        train = train.subset(order[: config.train_subset])
+    return train, val
+
+
+def prepare_run(run_dir: Path, config: TrainConfig | None, resume: bool, overwrite: bool) -> TrainConfig:
+    """Create (or reopen, with resume) a run folder; never overwrite one unless asked."""
+    if resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise RunFolderError(f"{run_dir} has no config.yaml to resume; start a new run with --config")
+        return load_config(run_dir / "config.yaml")
+    if config is None:
+        raise ConfigError("give --config to start a run, or --resume RUN_DIR to continue one")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunFolderError(f"run folder {run_dir} already exists; use --resume to continue it or --overwrite to replace it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    return config
+
+
+def train(run_dir: str | Path, config: TrainConfig | None = None, resume: bool = False, overwrite: bool = False) -> Path:
+    """Train (or resume) the run in `run_dir`; returns the path of the final model."""
+    run_dir = Path(run_dir)
+    config = prepare_run(run_dir, config, resume, overwrite)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    train_set, val_set = load_splits(config)
+    model = build_model(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    weights = LossWeights(config.alpha_ce, config.alpha_rec, config.alpha_cll, config.alpha_norm)
+    step_fn = make_step(model, optimizer, weights, config.adversarial)
+    position = _restore(run_dir, model, optimizer) if resume else _fresh_position()
+    writer = _tensorboard(run_dir) if config.tensorboard else None
+    for epoch in range(position["epoch"], config.epochs):
+        _train_epoch(run_dir, config, model, optimizer, step_fn, train_set, position, writer)
+        record = _finish_epoch(config, model, val_set, position)
+        _append_metrics(run_dir, record)
+        _log(writer, record)
+        position.update(epoch=epoch + 1, step=0, totals=_zero_totals())
+        _save_training_state(run_dir, config, model, optimizer, position)
+    final = run_dir / "model.pt"
+    checkpoint.save_atomic({**checkpoint.model_state(model.eval()), "config": config.to_dict()}, final)
+    return final
+
+
+def _train_epoch(run_dir, config, model, optimizer, step_fn, train_set, position, writer) -> None:
+    epoch, totals = position["epoch"], position["totals"]
+    order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    batches = itertools.islice(train_set.batches(config.batch_size, shuffle=True, generator=order), position["step"], None)
+    n_batches = -(-len(train_set) // config.batch_size)
+    bar = tqdm(total=n_batches, initial=position["step"], desc=f"epoch {epoch + 1}/{config.epochs}",
+               disable=not sys.stderr.isatty(), leave=False)
+    model.train()
+    for x, y in batches:
+        start = time.perf_counter()
+        terms, correct = step_fn(x, y)
+        totals["seconds"] += time.perf_counter() - start
+        for name in TERMS:
+            totals[name] += terms[name] * len(y)
+        totals["correct"] += correct
+        totals["seen"] += len(y)
+        position["step"] += 1
+        summary = _summary(totals)
+        bar.update()
+        bar.set_postfix(loss=f"{summary['loss']:.3f}", acc=f"{summary['train_acc']:.3f}", ips=f"{summary['images_per_s']:.0f}")
+        if position["step"] % config.checkpoint_every == 0:
+            _save_training_state(run_dir, config, model, optimizer, position)
+        if bar.disable and position["step"] % 50 == 0:
+            print(f"epoch {epoch + 1} step {position['step']}/{n_batches} loss {summary['loss']:.4f} "
+                  f"acc {summary['train_acc']:.4f} {summary['images_per_s']:.0f} img/s", flush=True)
+    bar.close()
+
+
+def _finish_epoch(config: TrainConfig, model: CNNF, val_set: ImageSet, position: dict) -> dict:
+    model.eval()
+    val = accuracy_per_iteration(model, val_set, config.iterations, config.eval_batch_size)
+    totals = position["totals"]
+    record = {"epoch": position["epoch"] + 1, "step": position["global_step"] + position["step"]}
+    record.update({f"loss_{name}": totals[name] / max(totals["seen"], 1) for name in TERMS})
+    record.update(train_acc=totals["correct"] / max(totals["seen"], 1), images_per_s=totals["seen"] / max(totals["seconds"], 1e-9))
+    record.update(val_acc=val[config.output][-1], val_acc_last=val["last"], val_acc_average=val["average"])
+    position["global_step"] += position["step"]
+    print(f"epoch {record['epoch']}/{config.epochs}: loss {record['loss_total']:.4f} train acc {record['train_acc']:.4f} "
+          f"val acc {record['val_acc']:.4f} ({record['images_per_s']:.0f} img/s)", flush=True)
+    return record
+
+
+def _summary(totals: dict) -> dict:
+    seen = max(totals["seen"], 1)
+    return {"loss": totals["total"] / seen, "train_acc": totals["correct"] / seen,
+            "images_per_s": totals["seen"] / max(totals["seconds"], 1e-9)}
+
+
+def _zero_totals() -> dict:
+    return {**{name: 0.0 for name in TERMS}, "correct": 0, "seen": 0, "seconds": 0.0}
+
+
+def _fresh_position() -> dict:
+    return {"epoch": 0, "step": 0, "global_step": 0, "totals": _zero_totals()}
+
+
+def _save_training_state(run_dir: Path, config: TrainConfig, model: CNNF, optimizer, position: dict) -> None:
+    state = {
+        **checkpoint.model_state(model),
+        "optimizer": optimizer.state_dict(),
+        "rng": torch.get_rng_state(),
+        "position": position,
+        "config": config.to_dict(),
+    }
+    checkpoint.save_atomic(state, run_dir / "checkpoint.pt")
+
+
+def _restore(run_dir: Path, model: CNNF, optimizer) -> dict:
+    """Load checkpoint.pt into model and optimizer; drop metrics of epochs it has not finished."""
+    path = run_dir / "checkpoint.pt"
+    if not path.is_file():
+        print(f"{run_dir}: no checkpoint yet, starting from the beginning", flush=True)
+        return _fresh_position()
+    state = checkpoint.read(path)
+    checkpoint.load_into(model, state, path)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    position = state["position"]
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["epoch"] <= position["epoch"]]
+        metrics.write_text("".join(line + "\n" for line in kept))
+    print(f"resuming {run_dir} at epoch {position['epoch'] + 1}, step {position['step']}", flush=True)
+    return position
+
+
+def _append_metrics(run_dir: Path, record: dict) -> None:
+    with open(run_dir / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("tensorboard: true needs the tensorboard package; pip install tensorboard") from None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _log(writer, record: dict) -> None:
+    if writer is None:
+        return
+    for key, value in record.items():
+        if isinstance(value, float):
+            writer.add_scalar(key, value, record["epoch"])
+    writer.flush()
