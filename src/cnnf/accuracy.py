@@ -14,7 +14,7 @@ def accuracy_per_iteration(model: CNNF, images: ImageSet, iterations: int, batch
 
     "last" after t iterations scores logits y_t; "average" scores the mean of y_0..y_t.
     """
-    correct = {"last": torch.zeros(iterations + 1), "average": torch.zeros(iterations + 1)}
+    correct = {mode: torch.zeros(iterations + 1, dtype=torch.float64) for mode in ("last", "average")}
     steps = torch.arange(1, iterations + 2).view(-1, 1, 1)
     for x, y in images.batches(batch_size):
         logits = torch.stack(model.infer(x, iterations=iterations).logits)  # (N + 1, B, classes)

@@ -6,10 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 from cnnf import checkpoint
 from cnnf.accuracy import accuracy_per_iteration
 from cnnf.config import ConfigError, load_config
 from cnnf.data import DataError, load_dataset
+from cnnf.model_card import export_pretrained
 from cnnf.train import RunFolderError, train
 from cnnf.zoo import list_models
 
@@ -48,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="fashion-mnist or mnist (default: the one the model was trained on)")
     p.add_argument("--data-dir", type=Path, help="folder holding the data set files")
     p.set_defaults(handler=_test)
+
+    p = commands.add_parser("export", help="ship a finished run as a pretrained model with a model card")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--name", required=True, help="pretrained name, e.g. cnnf5_fmnist")
+    p.add_argument("--command", required=True, help="the exact command that trained the run (for the card)")
+    p.set_defaults(handler=_export)
 
     p = commands.add_parser("list-models", help="registered architectures and shipped pretrained weights")
     p.set_defaults(handler=_list_models)
@@ -100,13 +109,20 @@ def _test(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    print(f"wrote {export_pretrained(args.run_dir, args.name, args.command)}")
+    return 0
+
+
 def _list_models(args: argparse.Namespace) -> int:
     print("architectures (cnnf.create_model):")
     for name in list_models():
         print(f"  {name}")
     print("pretrained weights (cnnf.load_pretrained, --pretrained NAME):")
     for name in checkpoint.pretrained_names():
-        print(f"  {name}")
+        card = yaml.safe_load((checkpoint.PRETRAINED_DIR / f"{name}.yaml").read_text())
+        print(f"  {name}: {card['architecture']} N = {card['settings']['iterations']}, {card['data']['dataset']}, "
+              f"{card['epochs']} epochs, test accuracy {100 * card['test_accuracy']['last'][-1]:.2f}%")
     return 0
 
 

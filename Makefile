@@ -1,0 +1,38 @@
+# Set-up and the two README commands: `make quickstart` (main job) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+MNIST := $(HOME)/.cache/cnnf/mnist/mnist.pkl.gz
+
+.PHONY: setup quickstart test test-all
+
+setup: $(STAMP) $(FASHION) $(MNIST)
+
+# torch==2.13.0 first: pip takes the CPU wheel from local disk (a plain `torch` pulls CUDA).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+$(FASHION):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+$(MNIST): $(STAMP)
+	$(BIN)/python -m cnnf.data fetch mnist
+
+quickstart: setup
+	$(BIN)/cnnf train --config configs/cnn_fmnist_quick.yaml --overwrite
+	$(BIN)/cnnf train --config configs/cnnf5_fmnist_quick.yaml --overwrite
+	$(BIN)/cnnf test runs/cnn_fmnist_quick
+	$(BIN)/cnnf test runs/cnnf5_fmnist_quick
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-all: setup
+	$(BIN)/python -m pytest -m ''
