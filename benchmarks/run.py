@@ -1,0 +1,649 @@
+"""CNN-F benchmark suite: throughput, efficiency against the machine's ceiling, and memory.
+
+One command measures everything and writes `bench-<date>-<time>.json` and `.md` (plus
+`latest.json` / `latest.md`) into the output folder:
+
+    python benchmarks/run.py [--threads 2] [--repeats 5] [--out benchmarks/results]
+    python benchmarks/run.py --quick        # smoke run: batch 8, 1 repeat, N in {0, 1};
+                                            # writes bench-...-quick.*, leaves latest.* alone
+
+What is measured (see benchmarks/README.md for how to read the results):
+    machine     CPU model, torch version, threads, load average at start and end
+    ceilings    GFLOP/s of a large float32 matmul and of each network's largest convolution,
+                forward and forward + backward, with the same thread count
+    throughput  training-step and inference images/s for N feedback iterations, per model
+    attacks     PGD-7 images/s, end to end through the N-iteration model and from the first pass
+    memory      peak RSS of a training step, in a fresh subprocess per (model, N)
+
+Each throughput is turned into achieved GFLOP/s with an analytic multiply-accumulate (MAC)
+count, compared with the matching ceiling, and the cost of N iterations is compared with what
+the MAC count predicts (the project's target: within 1.2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import cnnf
+from cnnf.layers import Conv2d, Linear
+from cnnf.losses import cnnf_loss
+from cnnf.model import CNNF
+
+SCHEMA_VERSION = 1
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+TARGET_OVERHEAD = 1.2
+"""The project's target: N iterations cost at most 1.2x what their MAC count predicts."""
+ATTACK_STEPS = 7
+ATTACK_EPS = 0.3
+"""L-infinity radius in [0, 1] pixel units (the usual MNIST budget)."""
+ATTACK_SOURCES = ("e2e", "first")
+MEMORY_PROBE_STEPS = 2
+"""Training steps a memory probe runs (see `memory_probe`)."""
+MEMORY_METHOD = (
+    "a fresh process per (model, N) reads VmRSS and the peak VmHWM from /proc/self/status; "
+    "the peak is reset with /proc/self/clear_refs before the second step to get that step's transient. "
+    "Not ru_maxrss: Linux carries the parent's peak over fork + exec, "
+    "so a child's ru_maxrss starts at the parent's size"
+)
+BUSY_LOAD = 0.5
+"""A 1-minute load average above this at the start means other work shared the CPUs."""
+
+FULL_DEFAULTS = {"batch": 128, "repeats": 5, "iterations": (0, 1, 2, 5), "matmul_size": 2048}
+QUICK_DEFAULTS = {"batch": 8, "repeats": 1, "iterations": (0, 1), "matmul_size": 512}
+
+Stats = dict[str, float | list[float]]
+"""{"median", "min", "max", "runs"}: one value per timed run."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one benchmark run measures and how often."""
+
+    threads: int
+    repeats: int
+    steps: int
+    warmup: int
+    batch: int
+    iterations: tuple[int, ...]
+    models: tuple[str, ...]
+    matmul_size: int
+    quick: bool
+
+    @property
+    def calls(self) -> int:
+        """Calls of a measured step per measurement, warm-up included."""
+        return self.warmup + self.repeats * self.steps
+
+
+# --- Analytic multiply-accumulate counts -------------------------------------------------------
+
+
+def layer_macs(model: CNNF, index: int) -> int:
+    """MACs per image of layer `index` in the feedforward pass; its feedback twin (transposed
+    conv, W^T) costs the same. Layers without weights count 0."""
+    layer = model.layers[index]
+    if isinstance(layer, Conv2d):
+        _, in_channels, kernel, _ = layer.weight.shape
+        return math.prod(model.shapes[index + 1]) * in_channels * kernel * kernel
+    if isinstance(layer, Linear):
+        return layer.weight.numel()
+    return 0
+
+
+def pass_macs(model: CNNF, start: int) -> int:
+    """MACs per image of a feedforward pass from layer index `start` to the logits, which is
+    also the cost of a feedback pass from the logits down to layer `start`."""
+    return sum(layer_macs(model, i) for i in range(start, len(model.layers)))
+
+
+def inference_macs(model: CNNF, iterations: int) -> int:
+    """MACs per image of inference with N iterations: the first pass over all layers, then per
+    iteration one feedback pass down to layer k and one feedforward pass up from it."""
+    start = model.block_ends[model.reconstruct_to]
+    feedback, feedforward = pass_macs(model, start), pass_macs(model, start)
+    return pass_macs(model, 0) + iterations * (feedback + feedforward)
+
+
+def training_macs(model: CNNF, iterations: int) -> int:
+    """MACs per image of a training step: forward plus backward (grad wrt inputs and weights)."""
+    return 3 * inference_macs(model, iterations)
+
+
+def attack_macs(model: CNNF, iterations: int) -> int:
+    """MACs per image of PGD-7 whose gradients come from inference with N iterations: per step
+    a forward and a backward wrt the input only (weight gradients are not needed)."""
+    return ATTACK_STEPS * 2 * inference_macs(model, iterations)
+
+
+def largest_conv(model: CNNF) -> int:
+    """Index of the Conv2d layer with the most MACs per image."""
+    convs = [i for i, layer in enumerate(model.layers) if isinstance(layer, Conv2d)]
+    return max(convs, key=lambda i: layer_macs(model, i))
+
+
+# --- Timing ------------------------------------------------------------------------------------
+
+
+def seconds_per_call(fn: Callable[[], object], warmup: int, repeats: int, calls: int) -> list[float]:
+    """Wall seconds per call of `fn`, one value per run: `warmup` untimed calls, then `repeats`
+    runs of `calls` calls each."""
+    for _ in range(warmup):
+        fn()
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        runs.append((time.perf_counter() - start) / calls)
+    return runs
+
+
+def summarize(values: Sequence[float]) -> Stats:
+    """Median and spread of per-run values."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": list(values)}
+
+
+def rate(work: float, seconds: Sequence[float]) -> Stats:
+    """`work` per second for each run (e.g. images/s or FLOP/s), summarized."""
+    return summarize([work / s for s in seconds])
+
+
+def time_rate(fn: Callable[[], object], work: float, s: Settings) -> Stats:
+    """Work per second of `fn` under the run's warm-up, repeats and steps."""
+    return rate(work, seconds_per_call(fn, s.warmup, s.repeats, s.steps))
+
+
+# --- Ceilings ----------------------------------------------------------------------------------
+
+
+def matmul_ceiling(s: Settings) -> dict:
+    """GFLOP/s of a square float32 matmul of size `matmul_size`."""
+    n = s.matmul_size
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return {"size": n, "gflops": time_rate(lambda: a @ b, 2 * n**3 / 1e9, s)}
+
+
+def conv_ceiling(model: CNNF, s: Settings) -> dict:
+    """GFLOP/s of F.conv2d with the shape of the network's largest convolution at the run's
+    batch: forward, and forward + backward (grad wrt input and weight, counted as 3x the
+    forward FLOPs)."""
+    index = largest_conv(model)
+    layer = model.layers[index]
+    x = torch.randn(s.batch, *model.shapes[index])
+    weight = torch.randn(layer.weight.shape)
+    grad_out = torch.randn(s.batch, *model.shapes[index + 1])
+    x_grad, weight_grad = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    gflop = 2 * layer_macs(model, index) * s.batch / 1e9
+
+    def forward_backward() -> None:
+        out = F.conv2d(x_grad, weight_grad, padding=layer.padding)
+        torch.autograd.grad(out, (x_grad, weight_grad), grad_out)
+
+    return {
+        "layer": index,
+        "input_shape": [s.batch, *model.shapes[index]],
+        "weight_shape": list(weight.shape),
+        "padding": layer.padding,
+        "macs_per_image": layer_macs(model, index),
+        "forward": time_rate(lambda: F.conv2d(x, weight, padding=layer.padding), gflop, s),
+        "forward_backward": time_rate(forward_backward, 3 * gflop, s),
+    }
+
+
+# --- Model throughput --------------------------------------------------------------------------
+
+
+def random_batch(model: CNNF, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images uniform in [-1, 1] and random labels (throughput does not depend on the data)."""
+    images = torch.rand(batch, *model.input_shape) * 2 - 1
+    return images, torch.randint(model.num_classes, (batch,))
+
+
+def training_step(model: CNNF, batch: int) -> Callable[[], None]:
+    """One standard CNN-F training step (paper defaults: Adam, lr 1e-3, weight decay 5e-4)."""
+    x, y = random_batch(model, batch)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
+
+    def step() -> None:
+        run = model.infer(x)
+        loss, _ = cnnf_loss(model, run, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def inference_step(model: CNNF, batch: int) -> Callable[[], None]:
+    """Scored logits of one batch under inference mode."""
+    x, _ = random_batch(model, batch)
+
+    def step() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    return step
+
+
+def throughput_row(iterations: int, macs: int, images_per_s: Stats, ceiling: float, base: dict | None) -> dict:
+    """A measurement with its achieved GFLOP/s, fraction of the ceiling and, against the N = 0
+    row `base`, the measured time ratio over the MAC ratio (1.0 = exactly as the MACs predict)."""
+    gflops = 2 * macs * images_per_s["median"] / 1e9
+    row = {
+        "iterations": iterations,
+        "macs_per_image": macs,
+        "images_per_s": images_per_s,
+        "gflops": gflops,
+        "ceiling_gflops": ceiling,
+        "ceiling_fraction": gflops / ceiling,
+        "time_ratio": None,
+        "mac_ratio": None,
+        "overhead": None,
+    }
+    if base is not None:
+        row["time_ratio"] = base["images_per_s"]["median"] / images_per_s["median"]
+        row["mac_ratio"] = macs / base["macs_per_image"]
+        row["overhead"] = row["time_ratio"] / row["mac_ratio"]
+    return row
+
+
+def measure_throughput(name: str, mode: str, ceiling: float, s: Settings) -> list[dict]:
+    """Training-step ("train") or inference ("inference") images/s for every N of the run."""
+    make_step, count = (training_step, training_macs) if mode == "train" else (inference_step, inference_macs)
+    rows: list[dict] = []
+    base = None
+    for n in s.iterations:
+        torch.manual_seed(0)
+        model = cnnf.create_model(name, iterations=n)
+        images_per_s = time_rate(make_step(model, s.batch), s.batch, s)
+        row = throughput_row(n, count(model, n), images_per_s, ceiling, base)
+        base = row if n == 0 else base
+        rows.append(row)
+    return rows
+
+
+def measure_attacks(name: str, ceiling: float, s: Settings) -> dict:
+    """PGD-7 images/s on one batch against the model with the run's largest N, with gradients
+    end to end ("e2e") and from the first feedforward pass ("first"). One attack per timed
+    run; skipped with a note when cnnf.attacks is missing or its API does not fit."""
+    iterations = max(s.iterations)
+    result: dict = {"iterations": iterations, "eps": ATTACK_EPS, "steps": ATTACK_STEPS, "rows": [], "note": None}
+    try:
+        from cnnf.attacks import gradient_source, pgd
+    except ImportError as error:
+        result["note"] = f"skipped: cnnf.attacks is not importable ({error})"
+        return result
+    torch.manual_seed(0)
+    model = cnnf.create_model(name, iterations=iterations)
+    x, y = random_batch(model, s.batch)
+    for source in ATTACK_SOURCES:
+        try:
+            model_fn = gradient_source(model, source)
+            seconds = seconds_per_call(lambda: pgd(model_fn, x, y, ATTACK_EPS, ATTACK_STEPS), 1, s.repeats, 1)
+        except Exception as error:  # the attack API is still settling; keep the rest of the run
+            result["note"] = f"stopped at source {source!r}: {type(error).__name__}: {error}"
+            return result
+        macs = attack_macs(model, iterations if source == "e2e" else 0)
+        row = throughput_row(iterations, macs, rate(s.batch, seconds), ceiling, None)
+        result["rows"].append({"source": source, **row})
+    return result
+
+
+# --- Memory ------------------------------------------------------------------------------------
+
+
+def status_mb(field: str) -> float:
+    """A memory field of /proc/self/status in MB: VmRSS (resident now) or VmHWM (peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux 4.0+); False where the kernel refuses."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def memory_probe(name: str, iterations: int, batch: int, threads: int) -> dict:
+    """Run inside a fresh process: resident memory after building the model and the batch, the
+    process's peak over two training steps, and the transient of the second step alone (the
+    first also loads kernels and allocates Adam's state, which then stay resident)."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    step = training_step(cnnf.create_model(name, iterations=iterations), batch)
+    setup = status_mb("VmRSS")
+    step()
+    first_peak, before = status_mb("VmHWM"), status_mb("VmRSS")
+    reset = reset_peak_rss()
+    step()
+    second_peak = status_mb("VmHWM")
+    return {
+        "iterations": iterations,
+        "setup_mb": setup,
+        "peak_mb": max(first_peak, second_peak),
+        "step_mb": second_peak - before if reset else None,
+    }
+
+
+def measure_memory(name: str, s: Settings) -> dict:
+    """One fresh subprocess per N running `memory_probe` (this script's --memory-probe)."""
+    started = time.perf_counter()
+    rows = []
+    for n in s.iterations:
+        command = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", name, str(n)]
+        command += ["--batch", str(s.batch), "--threads", str(s.threads)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            rows.append({"iterations": n, "error": (done.stderr.strip().splitlines() or ["no output"])[-1]})
+        else:
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {"method": MEMORY_METHOD, "steps": MEMORY_PROBE_STEPS, "rows": rows, "wall_s": time.perf_counter() - started}
+
+
+# --- Machine -----------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_facts(threads: int) -> dict:
+    return {
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0)),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "threads": threads,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_start": list(os.getloadavg()),
+    }
+
+
+def load_warnings(machine: dict) -> list[str]:
+    """Reasons not to trust the numbers: a busy machine, more threads than CPUs."""
+    warnings = []
+    load = machine["load_average_start"][0]
+    if load > BUSY_LOAD:
+        warnings.append(f"1-minute load average {load:.2f} at the start: other work was using the CPUs")
+    if machine["threads"] > machine["cpus_available"]:
+        warnings.append(f"{machine['threads']} threads on {machine['cpus_available']} available CPUs")
+    return warnings
+
+
+# --- The run -----------------------------------------------------------------------------------
+
+
+def run_benchmarks(s: Settings) -> dict:
+    """Every measurement of the suite, as one JSON-ready report."""
+    torch.set_num_threads(s.threads)
+    started = time.perf_counter()
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "settings": {**asdict(s), "attack_eps": ATTACK_EPS, "attack_steps": ATTACK_STEPS},
+        "machine": machine_facts(s.threads),
+        "ceilings": {"matmul": matmul_ceiling(s), "conv": {}},
+        "models": {},
+    }
+    for name in s.models:
+        model = cnnf.create_model(name)
+        conv = conv_ceiling(model, s)
+        report["ceilings"]["conv"][name] = conv
+        forward_ceiling = conv["forward"]["median"]
+        backward_ceiling = conv["forward_backward"]["median"]
+        report["models"][name] = {
+            "reconstruct_to": model.reconstruct_to,
+            "first_pass_macs": pass_macs(model, 0),
+            "iteration_macs": 2 * pass_macs(model, model.block_ends[model.reconstruct_to]),
+            "train": measure_throughput(name, "train", backward_ceiling, s),
+            "inference": measure_throughput(name, "inference", forward_ceiling, s),
+            "attacks": measure_attacks(name, backward_ceiling, s),
+            "memory": measure_memory(name, s),
+        }
+    report["machine"]["load_average_end"] = list(os.getloadavg())
+    report["warnings"] = load_warnings(report["machine"])
+    report["elapsed_s"] = time.perf_counter() - started
+    if s.quick:
+        report["full_run_estimate_s"] = estimate_full_run(report, s)
+    return report
+
+
+def estimate_full_run(report: dict, s: Settings) -> float:
+    """Seconds the default full run would take, scaled from this (quick) run. Small batches
+    run fewer FLOP/s, so this tends to overestimate."""
+    full = Settings(**{**asdict(s), **FULL_DEFAULTS, "quick": False})
+    total = sum(scaled_ceiling_seconds(report, full))
+    for name, result in report["models"].items():
+        total += scaled_model_seconds(cnnf.create_model(name), result, s, full)
+    return total
+
+
+def scaled_model_seconds(model: CNNF, result: dict, done: Settings, full: Settings) -> float:
+    """Seconds of one model's measurements under `full`, from the seconds per image-MAC of the
+    run `done`; memory probes as their start-up time plus their training steps."""
+    train = seconds_per_image_mac(result["train"])
+    infer = seconds_per_image_mac(result["inference"])
+    attack = seconds_per_image_mac(result["attacks"]["rows"])  # 0 when the attacks were skipped
+
+    def probe_steps(s: Settings) -> float:
+        return MEMORY_PROBE_STEPS * s.batch * train * sum(training_macs(model, n) for n in s.iterations)
+
+    startup = max(result["memory"]["wall_s"] - probe_steps(done), 0.0) / len(done.iterations)
+    per_n = sum(train * training_macs(model, n) + infer * inference_macs(model, n) for n in full.iterations)
+    throughput = full.calls * full.batch * per_n
+    attack_per_image = attack_macs(model, max(full.iterations)) + attack_macs(model, 0)
+    attacks = (1 + full.repeats) * full.batch * attack * attack_per_image
+    return throughput + attacks + len(full.iterations) * startup + probe_steps(full)
+
+
+def seconds_per_image_mac(rows: Sequence[dict]) -> float:
+    """Seconds per image-MAC of the most expensive measured row (0 for no rows)."""
+    if not rows:
+        return 0.0
+    row = max(rows, key=lambda r: r["macs_per_image"])
+    return 1 / (row["images_per_s"]["median"] * row["macs_per_image"])
+
+
+def scaled_ceiling_seconds(report: dict, full: Settings) -> list[float]:
+    """Seconds of each ceiling measurement in the full run, from this run's GFLOP/s."""
+    size = full.matmul_size
+    out = [full.calls * 2 * size**3 / 1e9 / report["ceilings"]["matmul"]["gflops"]["median"]]
+    for conv in report["ceilings"]["conv"].values():
+        gflop = 2 * conv["macs_per_image"] * full.batch / 1e9
+        out.append(full.calls * gflop / conv["forward"]["median"])
+        out.append(full.calls * 3 * gflop / conv["forward_backward"]["median"])
+    return out
+
+
+# --- Markdown ----------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def fmt_stats(stats: Stats, digits: int = 1) -> str:
+    """median [min–max]"""
+    return f"{fmt(stats['median'], digits)} [{fmt(stats['min'], digits)}–{fmt(stats['max'], digits)}]"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def machine_markdown(report: dict) -> list[str]:
+    m, s = report["machine"], report["settings"]
+    rows = [
+        ("date", report["date"]),
+        ("CPU", f"{m['cpu_model']} ({m['cpus_available']} of {m['logical_cpus']} logical CPUs available)"),
+        ("torch / python", f"{m['torch_version']} / {m['python_version']}"),
+        ("threads", str(m["threads"])),
+        ("load average (1, 5, 15 min)",
+         f"start {fmt_load(m['load_average_start'])}, end {fmt_load(m['load_average_end'])}"),
+        ("settings", f"batch {s['batch']}, {s['repeats']} runs x {s['steps']} steps after {s['warmup']} warm-up"
+                     + (" (quick smoke run)" if s["quick"] else "")),
+        ("elapsed", f"{report['elapsed_s']:.0f} s"),
+    ]
+    lines = ["## Machine", "", *table(("", ""), rows), ""]
+    lines += [f"**Warning:** {w}" for w in report["warnings"]]
+    return lines + ([""] if report["warnings"] else [])
+
+
+def fmt_load(load: Sequence[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in load)
+
+
+def ceilings_markdown(report: dict) -> list[str]:
+    mm = report["ceilings"]["matmul"]
+    rows = [(f"matmul {mm['size']}x{mm['size']} float32", "", fmt_stats(mm["gflops"]))]
+    for name, conv in report["ceilings"]["conv"].items():
+        shape = f"x {tuple(conv['input_shape'])} w {tuple(conv['weight_shape'])} pad {conv['padding']}"
+        rows.append((f"{name} layer {conv['layer']} conv forward", shape, fmt_stats(conv["forward"])))
+        rows.append((f"{name} layer {conv['layer']} conv forward + backward", shape,
+                     fmt_stats(conv["forward_backward"])))
+    return ["## Ceilings (GFLOP/s, median [min–max])", "", *table(("kernel", "shape", "GFLOP/s"), rows), ""]
+
+
+def throughput_markdown(report: dict) -> list[str]:
+    header = ("model", "mode", "N", "MMAC/img", "images/s", "GFLOP/s", "% ceiling",
+              "time / N=0", "MAC / N=0", f"overhead (target ≤ {TARGET_OVERHEAD})")
+    rows = []
+    for name, result in report["models"].items():
+        for mode in ("train", "inference"):
+            for row in result[mode]:
+                rows.append((name, mode, str(row["iterations"]), fmt(row["macs_per_image"] / 1e6),
+                             fmt_stats(row["images_per_s"]), fmt(row["gflops"]), fmt(100 * row["ceiling_fraction"], 0),
+                             fmt(row["time_ratio"], 2), fmt(row["mac_ratio"], 2), fmt(row["overhead"], 2)))
+    title = f"## Throughput, batch {report['settings']['batch']} (images/s median [min–max])"
+    return [title, "", *table(header, rows), ""]
+
+
+def attacks_markdown(report: dict) -> list[str]:
+    header = ("model", "gradients", "N", "MMAC/img", "images/s", "GFLOP/s", "% ceiling")
+    rows, notes = [], []
+    for name, result in report["models"].items():
+        attacks = result["attacks"]
+        for row in attacks["rows"]:
+            rows.append((name, row["source"], str(attacks["iterations"]), fmt(row["macs_per_image"] / 1e6),
+                         fmt_stats(row["images_per_s"]), fmt(row["gflops"]), fmt(100 * row["ceiling_fraction"], 0)))
+        if attacks["note"]:
+            notes.append(f"- {name}: {attacks['note']}")
+    title = f"## PGD-{ATTACK_STEPS} attack, eps {ATTACK_EPS} (images/s median [min–max])"
+    return [title, "", *(table(header, rows) if rows else []), *notes, ""]
+
+
+def memory_markdown(report: dict) -> list[str]:
+    header = ("model", "N", "peak RSS MB", "after setup MB", "one step's transient MB")
+    rows = []
+    for name, result in report["models"].items():
+        for row in result["memory"]["rows"]:
+            if "error" in row:
+                rows.append((name, str(row["iterations"]), f"failed: {row['error']}", "", ""))
+            else:
+                rows.append((name, str(row["iterations"]), fmt(row["peak_mb"], 0), fmt(row["setup_mb"], 0),
+                             fmt(row["step_mb"], 0)))
+    method = (f"{MEMORY_PROBE_STEPS} training steps at batch {report['settings']['batch']}; "
+              f"setup = Python, torch, the model and the batch. Method: {MEMORY_METHOD}.")
+    return ["## Peak memory of a training step", "", *table(header, rows), "", method, ""]
+
+
+def to_markdown(report: dict) -> str:
+    lines = [f"# cnnf benchmark {report['date']}", ""]
+    lines += machine_markdown(report) + ceilings_markdown(report) + throughput_markdown(report)
+    lines += attacks_markdown(report) + memory_markdown(report)
+    if "full_run_estimate_s" in report:
+        lines.append(f"Estimated time of the full default run: {report['full_run_estimate_s'] / 60:.0f} min "
+                     "(scaled from this run; small batches and a busy machine make it an overestimate).")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(report: dict, out: Path) -> list[Path]:
+    """bench-<date>.json / .md in `out`; a full run also refreshes latest.json / latest.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.fromisoformat(report["date"]).strftime("%Y-%m-%d-%H%M%S")
+    stem = f"bench-{stamp}" + ("-quick" if report["settings"]["quick"] else "")
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(to_markdown(report))
+    written = [json_path, md_path]
+    if not report["settings"]["quick"]:
+        for path, name in ((json_path, "latest.json"), (md_path, "latest.md")):
+            shutil.copyfile(path, out / name)
+            written.append(out / name)
+    return written
+
+
+# --- Command line ------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="What is measured and how to read it: benchmarks/README.md"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--repeats", type=int, help="timed runs per measurement; medians are over these (default 5)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per run (default 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before the runs (default 1)")
+    parser.add_argument("--batch", type=int, help="batch size (default 128)")
+    parser.add_argument("--iterations", type=int, nargs="+", help="feedback iterations N to measure (default 0 1 2 5)")
+    parser.add_argument("--models", nargs="+", choices=cnnf.list_models(), default=cnnf.list_models())
+    parser.add_argument("--matmul-size", type=int, help="size of the square matmul ceiling (default 2048)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder (default benchmarks/results)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: batch 8, 1 repeat, N in {0, 1}, matmul 512")
+    parser.add_argument("--memory-probe", nargs=2, metavar=("MODEL", "N"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Settings from the command line; unset options take the full or the quick defaults."""
+    defaults = QUICK_DEFAULTS if args.quick else FULL_DEFAULTS
+    chosen = {key: getattr(args, key) if getattr(args, key) is not None else value for key, value in defaults.items()}
+    iterations = tuple(sorted(set(chosen.pop("iterations"))))
+    return Settings(threads=args.threads, steps=args.steps, warmup=args.warmup, iterations=iterations,
+                    models=tuple(args.models), quick=args.quick, **chosen)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.memory_probe:
+        name, n = args.memory_probe
+        print(json.dumps(memory_probe(name, int(n), args.batch or FULL_DEFAULTS["batch"], args.threads)))
+        return
+    report = run_benchmarks(settings_from(args))
+    paths = write_report(report, args.out)
+    print(to_markdown(report))
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    main()
