@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 from cnnf import checkpoint
 from cnnf.accuracy import accuracy_per_iteration
+from cnnf.attacks import TARGETS, parse_attacks
 from cnnf.config import ConfigError, load_config
 from cnnf.data import DataError, load_dataset
+from cnnf.evaluate import Sweep, format_table, run_sweep
 from cnnf.model_card import export_pretrained
+from cnnf.plot import plot_results
 from cnnf.train import RunFolderError, train
 from cnnf.zoo import list_models
 
@@ -51,6 +56,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="fashion-mnist or mnist (default: the one the model was trained on)")
     p.add_argument("--data-dir", type=Path, help="folder holding the data set files")
     p.set_defaults(handler=_test)
+
+    p = commands.add_parser("evaluate", help="robustness sweep: attacks x targets x eps, scored per iteration count")
+    _add_model_source(p)
+    p.add_argument("--attacks", default="fgsm,pgd40", help="comma list: fgsm, pgd7, pgd20, pgd40, spsa, autoattack")
+    p.add_argument("--targets", default="first,e2e", help="gradient sources: first, cnn, e2e")
+    p.add_argument("--eps", default="0,0.05,0.1,0.15,0.2,0.25,0.3", help="comma list, [0, 1] image units")
+    p.add_argument("--iterations", help="comma list of iteration counts to score (default 0..N)")
+    p.add_argument("--subset", type=int, help="first n test images (default: all)")
+    p.add_argument("--seeds", type=int, default=1, help="attack seeds (random starts); mean and std over them")
+    p.add_argument("--cnn", type=Path, help="run folder or checkpoint of a CNN for --targets cnn")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--dataset", help="default: the dataset the model was trained on")
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--out", type=Path, help="results JSON (default: results/NAME.json); a plot is written beside it")
+    p.set_defaults(handler=_evaluate)
+
+    p = commands.add_parser("plot", help="accuracy vs eps from one or more results files")
+    p.add_argument("results", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="image file, e.g. results/fig6.png")
+    p.add_argument("--output", default="last", choices=("last", "average"))
+    p.set_defaults(handler=_plot)
 
     p = commands.add_parser("export", help="ship a finished run as a pretrained model with a model card")
     p.add_argument("run_dir", type=Path)
@@ -107,6 +133,54 @@ def _test(args: argparse.Namespace) -> int:
     for t in range(iterations + 1):
         print(f"{t:>10}  {100 * acc['last'][t]:6.2f}%  {100 * acc['average'][t]:6.2f}%")
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    model, config = load_model_source(args)
+    test_set = load_dataset(args.dataset or config.get("dataset", "fashion-mnist"), args.data_dir or config.get("data_dir"))["test"]
+    if args.subset is not None:
+        test_set = test_set.subset(torch.arange(min(args.subset, len(test_set))))
+    sweep = Sweep(
+        attacks=parse_attacks(args.attacks),
+        targets=_names(args.targets, TARGETS, "target"),
+        eps=_numbers(args.eps, float, "eps"),
+        iterations=_numbers(args.iterations, int, "iterations") if args.iterations else list(range(model.iterations + 1)),
+        seeds=list(range(args.seeds)),
+        batch_size=args.batch_size,
+    )
+    cnn = checkpoint.load_model(args.cnn / "model.pt" if args.cnn.is_dir() else args.cnn) if args.cnn else None
+    result = run_sweep(model, test_set, sweep, cnn=cnn)
+    result["meta"]["model"] = args.pretrained or str(args.run_dir)
+    out = args.out or Path("results") / f"{args.pretrained or args.run_dir.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(format_table(result))
+    plot_results([out], out.with_suffix(".png"), output=model.output)
+    print(f"results: {out}  plot: {out.with_suffix('.png')}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    missing = [str(f) for f in args.results if not f.is_file()]
+    if missing:
+        raise ValueError(f"results file(s) not found: {', '.join(missing)}; run cnnf evaluate first")
+    print(f"wrote {plot_results(args.results, args.out, output=args.output)}")
+    return 0
+
+
+def _names(text: str, allowed: tuple, what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise ValueError(f"unknown {what}(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(allowed)}")
+    return names
+
+
+def _numbers(text: str, kind: type, what: str) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{what} must be a comma list of {kind.__name__} values, got {text!r}") from None
 
 
 def _export(args: argparse.Namespace) -> int:

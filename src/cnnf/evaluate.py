@@ -1,0 +1,205 @@
+"""Robustness sweeps: every (attack, target, eps) generated once, then scored at every iteration
+count and output mode on the same adversarial images. Results are data (JSON) that plots read.
+
+A row of results:
+    {"attack", "target", "eps", "steps", "restarts", "step_size", "iterations", "output",
+     "attacked_output", "images", "accuracy_mean", "accuracy_std", "accuracies", "seconds"}
+"e2e" attacks differentiate the model at its own N and output mode; rows scored at another
+iteration count or mode from the same images have attacked_output = False (a transfer).
+eps is in [0, 1] image units (the L-inf radius in the model's [-1, 1] range is 2 * eps).
+The "worst-case" rows count an image as robust only if it survives every attack and target run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from cnnf.attacks import AttackSpec, gradient_source
+from cnnf.data import ImageSet
+from cnnf.model import CNNF
+
+OUTPUT_MODES = ("last", "average")
+NOISE_POINTS = 1.0  # accuracy differences below this many points count as noise in sanity checks
+
+
+@dataclass
+class Sweep:
+    """What to run: attacks x targets x eps, scored at `iterations` x `outputs`, over `seeds`."""
+
+    attacks: list[AttackSpec]
+    targets: list[str]
+    eps: list[float]
+    iterations: list[int]
+    outputs: tuple[str, ...] = OUTPUT_MODES
+    seeds: list[int] = field(default_factory=lambda: [0])
+    batch_size: int = 250
+    attacked_iterations: int | None = None  # what "e2e" differentiates: the model's N ...
+    attacked_output: str | None = None      # ... and output mode (set by run_sweep)
+
+
+def run_sweep(model: CNNF, images: ImageSet, sweep: Sweep, cnn: CNNF | None = None) -> dict:
+    """Run `sweep` on `images`; returns {"meta", "clean", "rows", "sanity"}."""
+    model.eval()
+    sweep.attacked_iterations, sweep.attacked_output = model.iterations, model.output
+    clean = _robust_flags(model, images, sweep, adversary=None)
+    survived: dict[tuple, list[torch.Tensor]] = {}  # (attack, target, eps, t, mode) -> per seed flags
+    seconds: dict[tuple, float] = {}
+    for seed in sweep.seeds:
+        for spec in sweep.attacks:
+            for target in sweep.targets:
+                model_fn = gradient_source(model, target, cnn=cnn)
+                for eps in sweep.eps:
+                    start = time.perf_counter()
+                    flags = _robust_flags(model, images, sweep, (spec, model_fn, eps, seed))
+                    key = (spec.name, target, eps)
+                    seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
+                    for (t, mode), f in flags.items():
+                        survived.setdefault((*key, t, mode), []).append(f)
+    rows = [_row(key, flags, sweep, seconds) for key, flags in survived.items()]
+    rows += _worst_case_rows(survived, sweep)
+    clean_acc = {f"{t}/{mode}": f.double().mean().item() for (t, mode), f in clean.items()}
+    result = {"meta": _meta(model, images, sweep), "clean": clean_acc, "rows": rows}
+    result["sanity"] = sanity_checks(result, model, images, sweep, cnn)
+    return result
+
+
+def _robust_flags(model: CNNF, images: ImageSet, sweep: Sweep, adversary) -> dict[tuple, torch.Tensor]:
+    """Per (iterations, output mode): a bool per image, True where the prediction is correct."""
+    n_max = max(sweep.iterations)
+    flags: dict[tuple, list[torch.Tensor]] = {(t, m): [] for t in sweep.iterations for m in sweep.outputs}
+    for batch, (x, y) in enumerate(images.batches(sweep.batch_size)):
+        if adversary is not None:
+            spec, model_fn, eps, seed = adversary
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + batch)
+            x = spec.run(model_fn, x, y, eps, generator)
+        with torch.inference_mode():
+            logits = torch.stack(model.infer(x, iterations=n_max).logits)  # (n_max + 1, B, classes)
+        for t in sweep.iterations:
+            outputs = {"last": logits[t], "average": logits[: t + 1].mean(0)}
+            for mode in sweep.outputs:
+                flags[(t, mode)].append(outputs[mode].argmax(1) == y)
+    return {key: torch.cat(f) for key, f in flags.items()}
+
+
+def _row(key: tuple, flags: list[torch.Tensor], sweep: Sweep, seconds: dict) -> dict:
+    name, target, eps, t, mode = key
+    spec = next(s for s in sweep.attacks if s.name == name)
+    accs = [f.double().mean().item() for f in flags]
+    return {
+        "attack": name, "target": target, "eps": eps, "steps": spec.steps, "restarts": spec.restarts,
+        "step_size": spec.step_size(eps), "iterations": t, "output": mode, "images": len(flags[0]),
+        "attacked_output": target != "e2e" or (t, mode) == (sweep.attacked_iterations, sweep.attacked_output),
+        "accuracy_mean": statistics.fmean(accs), "accuracy_std": statistics.pstdev(accs), "accuracies": accs,
+        "seconds": seconds[(name, target, eps)] / len(sweep.seeds),
+    }
+
+
+def _worst_case_rows(survived: dict, sweep: Sweep) -> list[dict]:
+    rows = []
+    for eps in sweep.eps:
+        for t in sweep.iterations:
+            for mode in sweep.outputs:
+                runs = [f for (a, tg, e, tt, m), f in survived.items() if e == eps and tt == t and m == mode]
+                per_seed = [torch.stack([r[s] for r in runs]).all(0) for s in range(len(sweep.seeds))]
+                accs = [f.double().mean().item() for f in per_seed]
+                rows.append({
+                    "attack": "worst-case", "target": "all", "eps": eps, "steps": None, "restarts": None,
+                    "step_size": None, "iterations": t, "output": mode, "images": len(per_seed[0]),
+                    "attacked_output": None,
+                    "accuracy_mean": statistics.fmean(accs), "accuracy_std": statistics.pstdev(accs),
+                    "accuracies": accs, "seconds": None,
+                })
+    return rows
+
+
+def sanity_checks(result: dict, model: CNNF, images: ImageSet, sweep: Sweep, cnn: CNNF | None) -> list[dict]:
+    """The checks every evaluation prints and stores: each {"check", "passed", "detail"}."""
+    rows = [r for r in result["rows"] if r["attack"] != "worst-case"]
+    checks = []
+    for r in (r for r in rows if r["eps"] == 0):
+        clean = result["clean"][f"{r['iterations']}/{r['output']}"]
+        checks.append(_check("accuracy at eps 0 equals clean accuracy", abs(r["accuracy_mean"] - clean) < 1e-12,
+                             f"{r['attack']}/{r['target']} N={r['iterations']} {r['output']}: {r['accuracy_mean']:.4f} vs {clean:.4f}"))
+    by_curve: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by_curve.setdefault((r["attack"], r["target"], r["iterations"], r["output"]), []).append(r)
+    for curve, points in by_curve.items():
+        accs = [100 * p["accuracy_mean"] for p in sorted(points, key=lambda p: p["eps"])]
+        rises = [b - a for a, b in zip(accs, accs[1:]) if b - a > NOISE_POINTS]
+        checks.append(_check("accuracy does not rise with eps", not rises, f"{'/'.join(map(str, curve))}: {[round(a, 2) for a in accs]}"))
+    checks += _strength_order(rows)
+    checks += _gradient_checks(model, images, sweep, cnn)
+    return checks
+
+
+def _strength_order(rows: list[dict]) -> list[dict]:
+    """PGD-40 no weaker than PGD-7, PGD-7 no weaker than FGSM (same target, eps, N, output)."""
+    index = {(r["attack"], r["target"], r["eps"], r["iterations"], r["output"]): r["accuracy_mean"] for r in rows}
+    checks = []
+    for weak, strong in (("fgsm", "pgd7"), ("pgd7", "pgd40"), ("fgsm", "pgd40")):
+        for (a, target, eps, t, mode), acc in index.items():
+            if a == strong and (weak, target, eps, t, mode) in index and eps > 0:
+                weaker = index[(weak, target, eps, t, mode)]
+                checks.append(_check(f"{strong} no weaker than {weak}", 100 * (acc - weaker) <= NOISE_POINTS,
+                                     f"{target} eps={eps} N={t} {mode}: {100 * acc:.2f}% vs {100 * weaker:.2f}%"))
+    for (a, target, eps, t, mode), acc in index.items():
+        first = index.get((a, "first", eps, t, mode))
+        if target == "e2e" and first is not None and 100 * (acc - first) > 10:
+            checks.append(_check("end-to-end attack not much weaker than transfer (gradient masking?)", False,
+                                 f"{a} eps={eps} N={t} {mode}: e2e {100 * acc:.2f}% vs first-pass {100 * first:.2f}%",
+                                 warning=True))
+    return checks
+
+
+def _gradient_checks(model: CNNF, images: ImageSet, sweep: Sweep, cnn: CNNF | None) -> list[dict]:
+    x, y = next(images.batches(min(len(images), 32)))
+    checks = []
+    for target in sweep.targets:
+        x_ = x.clone().requires_grad_(True)
+        loss = F.cross_entropy(gradient_source(model, target, cnn=cnn)(x_), y)
+        (grad,) = torch.autograd.grad(loss, x_)
+        norm = grad.abs().sum().item()
+        checks.append(_check(f"{target} gradients are non-zero", norm > 0, f"sum |dL/dx| = {norm:.3e} on {len(x)} images"))
+    return checks
+
+
+def _check(name: str, passed: bool, detail: str, warning: bool = False) -> dict:
+    return {"check": name, "passed": bool(passed), "warning": warning, "detail": detail}
+
+
+def _meta(model: CNNF, images: ImageSet, sweep: Sweep) -> dict:
+    try:
+        revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        revision = "unknown"
+    return {
+        "model_settings": model.settings(), "images": len(images), "seeds": sweep.seeds,
+        "eps_units": "[0, 1] image units; the L-inf radius in the model's [-1, 1] range is 2 * eps",
+        "attacks": [{"name": s.name, "steps": s.steps, "restarts": s.restarts, "gradient_free": s.gradient_free} for s in sweep.attacks],
+        "targets": sweep.targets, "git_revision": revision, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def format_table(result: dict) -> str:
+    """The results and sanity checks as plain text, one row per (attack, target, eps, N, output)."""
+    lines = [f"{'attack':<11}{'target':<7}{'eps':>6}{'N':>4} {'output':<8}{'accuracy':>18}{'images':>8}{'seconds':>9}"]
+    for r in result["rows"]:
+        acc = f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}%"
+        secs = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
+        lines.append(f"{r['attack']:<11}{r['target']:<7}{r['eps']:>6.3f}{r['iterations']:>4} {r['output']:<8}{acc:>18}{r['images']:>8}{secs:>9}")
+    lines.append("sanity checks:")
+    for name in dict.fromkeys(c["check"] for c in result["sanity"]):
+        group = [c for c in result["sanity"] if c["check"] == name]
+        failed = [c for c in group if not c["passed"]]
+        status = "ok  " if not failed else ("WARN" if failed[0]["warning"] else "FAIL")
+        lines.append(f"  [{status}] {name}: {len(group) - len(failed)}/{len(group)} passed")
+        lines += [f"         {c['detail']}" for c in failed]
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""Plots read from results files (never from a live model): accuracy vs eps, in the style of the
+paper's figures 6 and 11, one panel per (attack, target), one line per model and iteration count."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def plot_results(result_files: list[Path], out: Path, output: str = "last", iterations: list[int] | None = None) -> Path:
+    """Draw every results file into one figure; `iterations` limits the lines per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [(Path(f).stem, json.loads(Path(f).read_text())) for f in result_files]
+    panels = sorted({(r["attack"], r["target"]) for _, res in results for r in res["rows"]})
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (attack, target) in zip(axes.flat, panels):
+        for label, res in results:
+            rows = [r for r in res["rows"] if (r["attack"], r["target"], r["output"]) == (attack, target, output)]
+            for t in sorted({r["iterations"] for r in rows}):
+                if iterations is not None and t not in iterations:
+                    continue
+                curve = sorted((r for r in rows if r["iterations"] == t), key=lambda r: r["eps"])
+                ax.errorbar([r["eps"] for r in curve], [100 * r["accuracy_mean"] for r in curve],
+                            yerr=[100 * r["accuracy_std"] for r in curve], marker="o", ms=3, capsize=2,
+                            label=f"{label}, N={t}")
+        ax.set_title(f"{attack}, target {target}", fontsize=10)
+        ax.set_xlabel("ε ([0, 1] units)")
+        ax.set_ylabel(f"accuracy (%), {output} output")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

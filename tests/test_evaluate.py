@@ -1,0 +1,69 @@
+"""Robustness sweeps: results schema, worst case, sanity checks, CLI and plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import cnnf
+from cnnf import checkpoint
+from cnnf.attacks import parse_attacks
+from cnnf.cli import main
+from cnnf.data import load_dataset
+from cnnf.evaluate import Sweep, run_sweep
+from synthetic import make_fashion_dir
+
+
+@pytest.fixture
+def tiny(tmp_path: Path):
+    """A random CNN-F-1 and 40 synthetic test images, saved as a run folder."""
+    torch.manual_seed(0)
+    make_fashion_dir(tmp_path / "data", n_train=20, n_test=40)
+    model = cnnf.create_model("paper_mnist", iterations=1)
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"dataset": "fashion-mnist", "data_dir": str(tmp_path / "data")}
+    checkpoint.save_atomic({**checkpoint.model_state(model), "config": config}, run / "model.pt")
+    return model, load_dataset("fashion-mnist", tmp_path / "data")["test"], run
+
+
+def test_sweep_rows_and_checks(tiny):
+    model, images, _ = tiny
+    torch.set_num_threads(1)
+    sweep = Sweep(parse_attacks("fgsm,pgd7"), ["first", "e2e"], [0.0, 0.1], [0, 1], seeds=[0, 1], batch_size=20)
+    result = run_sweep(model, images, sweep)
+    rows = [r for r in result["rows"] if r["attack"] != "worst-case"]
+    assert len(rows) == 2 * 2 * 2 * 2 * 2  # attacks x targets x eps x iterations x outputs
+    for r in rows:
+        assert r["images"] == 40 and len(r["accuracies"]) == 2 and r["steps"] in (1, 7)
+        if r["eps"] == 0:
+            assert r["accuracy_mean"] == result["clean"][f"{r['iterations']}/{r['output']}"]
+    worst = {(r["eps"], r["iterations"], r["output"]): r["accuracy_mean"] for r in result["rows"] if r["attack"] == "worst-case"}
+    for r in rows:
+        assert worst[(r["eps"], r["iterations"], r["output"])] <= r["accuracy_mean"] + 1e-12
+    e2e_attacked = [r for r in rows if r["target"] == "e2e" and r["attacked_output"]]
+    assert {(r["iterations"], r["output"]) for r in e2e_attacked} == {(1, "last")}
+    names = {c["check"] for c in result["sanity"]}
+    assert {"accuracy at eps 0 equals clean accuracy", "accuracy does not rise with eps", "e2e gradients are non-zero"} <= names
+
+
+def test_evaluate_command_writes_results_and_plot(tiny, tmp_path: Path, capsys):
+    _, _, run = tiny
+    out = tmp_path / "results" / "tiny.json"
+    args = ["evaluate", str(run), "--attacks", "fgsm", "--targets", "first", "--eps", "0,0.1", "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert {"meta", "clean", "rows", "sanity"} <= result.keys()
+    assert result["meta"]["git_revision"] and out.with_suffix(".png").stat().st_size > 0
+    assert "sanity checks" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, value, needle", [("--attacks", "pgd,cw", "unknown"), ("--targets", "last", "unknown target"),
+                                                  ("--eps", "0,a", "--eps")])
+def test_evaluate_bad_arguments(tiny, capsys, flag, value, needle):
+    _, _, run = tiny
+    assert main(["evaluate", str(run), flag, value]) == 2
+    assert needle in capsys.readouterr().err
