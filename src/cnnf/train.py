@@ -25,7 +25,7 @@ from cnnf.config import ConfigError, TrainConfig, load_config, save_config
 from cnnf.data import ImageSet, load_dataset, train_val_split
 from cnnf.losses import LossWeights
 from cnnf.model import CNNF
-from cnnf.steps import make_step
+from cnnf.steps import Adversary, make_step
 from cnnf.zoo import create_model
 
 TERMS = ("total", "ce", "rec", "cll", "norm")
@@ -104,11 +104,12 @@ def _train_epoch(run_dir, config, model, optimizer, step_fn, train_set, position
     model.train()
     for x, y in batches:
         start = time.perf_counter()
-        terms, correct = step_fn(x, y)
+        result = step_fn(x, y)
         totals["seconds"] += time.perf_counter() - start
         for name in TERMS:
-            totals[name] += terms[name] * len(y)
-        totals["correct"] += correct
+            totals[name] += result.terms[name] * len(y)
+        totals["correct"] += result.correct or 0
+        totals["correct_adv"] += result.correct_adv or 0
         totals["seen"] += len(y)
         position["step"] += 1
         summary = _summary(totals)
@@ -130,20 +131,38 @@ def _finish_epoch(config: TrainConfig, model: CNNF, val_set: ImageSet, position:
     record.update({f"loss_{name}": totals[name] / max(totals["seen"], 1) for name in TERMS})
     record.update(train_acc=totals["correct"] / max(totals["seen"], 1), images_per_s=totals["seen"] / max(totals["seconds"], 1e-9))
     record.update(val_acc=val[config.output][-1], val_acc_last=val["last"], val_acc_average=val["average"])
+    if config.adversarial is not None:
+        seen = max(totals["seen"], 1)
+        record.update(train_acc=None if config.adversarial["mode"] == "conventional" else record["train_acc"],
+                      train_adv_acc=totals["correct_adv"] / seen, val_adv_acc=_adversarial_accuracy(config, model, val_set))
     position["global_step"] += position["step"]
-    print(f"epoch {record['epoch']}/{config.epochs}: loss {record['loss_total']:.4f} train acc {record['train_acc']:.4f} "
-          f"val acc {record['val_acc']:.4f} ({record['images_per_s']:.0f} img/s)", flush=True)
+    accuracies = " ".join(f"{key.replace('_', ' ')} {record[key]:.4f}" for key in
+                          ("train_acc", "train_adv_acc", "val_acc", "val_adv_acc") if record.get(key) is not None)
+    print(f"epoch {record['epoch']}/{config.epochs}: loss {record['loss_total']:.4f} {accuracies} "
+          f"({record['images_per_s']:.0f} img/s)", flush=True)
     return record
+
+
+def _adversarial_accuracy(config: TrainConfig, model: CNNF, val_set: ImageSet) -> float:
+    """Accuracy of the scored output on the training attack's images, first 1000 validation images."""
+    adversary = Adversary.from_config(model, config.adversarial)
+    subset = val_set.subset(torch.arange(min(1000, len(val_set))))
+    correct = 0
+    for x, y in subset.batches(config.eval_batch_size):
+        x_adv = adversary(x, y)
+        with torch.inference_mode():
+            correct += int((model(x_adv).argmax(1) == y).sum())
+    return correct / len(subset)
 
 
 def _summary(totals: dict) -> dict:
     seen = max(totals["seen"], 1)
-    return {"loss": totals["total"] / seen, "train_acc": totals["correct"] / seen,
+    return {"loss": totals["total"] / seen, "train_acc": (totals["correct"] or totals["correct_adv"]) / seen,
             "images_per_s": totals["seen"] / max(totals["seconds"], 1e-9)}
 
 
 def _zero_totals() -> dict:
-    return {**{name: 0.0 for name in TERMS}, "correct": 0, "seen": 0, "seconds": 0.0}
+    return {**{name: 0.0 for name in TERMS}, "correct": 0, "correct_adv": 0, "seen": 0, "seconds": 0.0}
 
 
 def _fresh_position() -> dict:
