@@ -148,8 +148,11 @@ class AdaPool(FeedbackLayer):
         if drive is None:
             return F.max_pool2d(f, self.size, return_indices=True)
         sign = torch.where(drive >= 0, 1.0, -1.0).to(f.dtype)
-        sign_up = sign.repeat_interleave(self.size, -2).repeat_interleave(self.size, -1)
-        pooled, index = F.max_pool2d(f * sign_up, self.size, return_indices=True)
+        b, c, h, w = sign.shape
+        r = self.size
+        # every r x r window times its sign, by broadcasting (B, C, h, r, w, r) * (B, C, h, 1, w, 1)
+        signed = (f.view(b, c, h, r, w, r) * sign.view(b, c, h, 1, w, 1)).view_as(f)
+        pooled, index = F.max_pool2d(signed, r, return_indices=True)
         return pooled * sign, index
 
     def feedback(self, g: Tensor, latent: Latent) -> Tensor:
