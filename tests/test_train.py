@@ -135,3 +135,14 @@ def test_errors_print_no_traceback(tmp_path: Path):
 def test_list_models():
     result = _cli("list-models")
     assert result.returncode == 0 and "paper_mnist" in result.stdout and "conv4_mnist" in result.stdout
+
+
+def test_tensorboard_logging_or_a_clear_error(tiny_config: Path, tmp_path: Path, capsys):
+    args = ["train", "--config", str(tiny_config), "--out", str(tmp_path / "tb"), "--set", "epochs=1", "--set", "tensorboard=true"]
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        _one_line_error(capsys, args, "pip install tensorboard")
+        assert not (tmp_path / "tb").exists()
+    else:
+        assert main(args) == 0 and list((tmp_path / "tb" / "tensorboard").glob("events.*"))

@@ -71,6 +71,8 @@ def prepare_run(run_dir: Path, config: TrainConfig | None, resume: bool, overwri
 def train(run_dir: str | Path, config: TrainConfig | None = None, resume: bool = False, overwrite: bool = False) -> Path:
     """Train (or resume) the run in `run_dir`; returns the path of the final model."""
     run_dir = Path(run_dir)
+    if config is not None and config.tensorboard:
+        _summary_writer_class()  # fail before the run folder is created
     config = prepare_run(run_dir, config, resume, overwrite)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -81,7 +83,7 @@ def train(run_dir: str | Path, config: TrainConfig | None = None, resume: bool =
     weights = LossWeights(config.alpha_ce, config.alpha_rec, config.alpha_cll, config.alpha_norm)
     step_fn = make_step(model, optimizer, weights, config.adversarial)
     position = _restore(run_dir, model, optimizer) if resume else _fresh_position()
-    writer = _tensorboard(run_dir) if config.tensorboard else None
+    writer = _summary_writer_class()(str(run_dir / "tensorboard")) if config.tensorboard else None
     for epoch in range(position["epoch"], config.epochs):
         _train_epoch(run_dir, config, model, optimizer, step_fn, train_set, position, writer)
         record = _finish_epoch(config, model, val_set, position)
@@ -204,12 +206,12 @@ def _append_metrics(run_dir: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def _tensorboard(run_dir: Path):
+def _summary_writer_class():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ConfigError("tensorboard: true needs the tensorboard package; pip install tensorboard") from None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    return SummaryWriter
 
 
 def _log(writer, record: dict) -> None:
