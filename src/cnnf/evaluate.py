@@ -75,7 +75,7 @@ def _robust_flags(model: CNNF, images: ImageSet, sweep: Sweep, adversary) -> dic
     n_max = max(sweep.iterations)
     flags: dict[tuple, list[torch.Tensor]] = {(t, m): [] for t in sweep.iterations for m in sweep.outputs}
     for batch, (x, y) in enumerate(images.batches(sweep.batch_size)):
-        if adversary is not None:
+        if adversary is not None and adversary[2] > 0:  # at eps = 0 every attack returns x
             spec, model_fn, eps, seed = adversary
             generator = torch.Generator().manual_seed(seed * 1_000_003 + batch)
             x = spec.run(model_fn, x, y, eps, generator)
