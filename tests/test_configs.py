@@ -1,0 +1,28 @@
+"""Every shipped config loads, type-checks and builds its model."""
+
+from pathlib import Path
+
+import pytest
+
+from cnnf.config import load_config
+from cnnf.steps import Adversary
+from cnnf.train import build_model
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+def test_every_architecture_and_dataset_has_configs():
+    names = {p.stem for p in CONFIGS}
+    for data in ("fmnist", "mnist"):
+        for model in ("cnn", "cnnf1", "cnnf2", "cnnf3", "cnnf4", "cnnf5"):
+            assert f"{model}_{data}" in names and f"{model}_{data}_quick" in names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_builds(path):
+    config = load_config(path)
+    model = build_model(config)
+    assert model.iterations == config.iterations
+    if config.adversarial is not None:
+        Adversary.from_config(model, config.adversarial)
+    assert f"configs/{path.name}" in path.read_text()  # the header gives the command that runs it
