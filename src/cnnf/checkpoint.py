@@ -73,9 +73,13 @@ def load_into(model: CNNF, state: dict, source: str | Path) -> CNNF:
 
 def load_model(path: str | Path, **overrides) -> CNNF:
     """Rebuild a model from a checkpoint; `overrides` change settings such as iterations."""
-    state = read(path)
+    return model_from_state(read(path), path, **overrides)
+
+
+def model_from_state(state: dict, source: str | Path, **overrides) -> CNNF:
+    """Rebuild a model (in eval mode) from a checkpoint dict already read from `source`."""
     model = CNNF(state["spec"], **{**state["settings"], **overrides})
-    return load_into(model, state, path).eval()
+    return load_into(model, state, source).eval()
 
 
 def pretrained_names() -> list[str]:

@@ -41,7 +41,7 @@ class TrainConfig:
     checkpoint_every: int = 100         # steps between checkpoints (and one per epoch)
     eval_batch_size: int = 500
     tensorboard: bool = False
-    adversarial: dict | None = None     # adversarial training (see cnnf.adversarial), None: off
+    adversarial: dict | None = None     # adversarial training (see cnnf.steps), None: off
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from cnnf.attacks import AttackSpec, gradient_source
 from cnnf.data import ImageSet
 from cnnf.model import CNNF
+from cnnf.model_card import git_revision
 
 OUTPUT_MODES = ("last", "average")
 NOISE_POINTS = 1.0  # accuracy differences below this many points count as noise in sanity checks
@@ -175,15 +175,11 @@ def _check(name: str, passed: bool, detail: str, warning: bool = False) -> dict:
 
 
 def _meta(model: CNNF, images: ImageSet, sweep: Sweep) -> dict:
-    try:
-        revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        revision = "unknown"
     return {
         "model_settings": model.settings(), "images": len(images), "seeds": sweep.seeds,
         "eps_units": "[0, 1] image units; the L-inf radius in the model's [-1, 1] range is 2 * eps",
         "attacks": [{"name": s.name, "steps": s.steps, "restarts": s.restarts, "gradient_free": s.gradient_free} for s in sweep.attacks],
-        "targets": sweep.targets, "git_revision": revision, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "targets": sweep.targets, "git_revision": git_revision(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
     }
 

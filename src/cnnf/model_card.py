@@ -21,7 +21,7 @@ def export_pretrained(run_dir: str | Path, name: str, command: str, out_dir: Pat
     with the validation accuracy of the last epoch and the clean test accuracy per iteration."""
     run_dir = Path(run_dir)
     state = checkpoint.read(run_dir / "model.pt")
-    model = checkpoint.load_model(run_dir / "model.pt")
+    model = checkpoint.model_from_state(state, run_dir / "model.pt")
     config = state["config"]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     test = accuracy_per_iteration(model, load_dataset(config["dataset"], config["data_dir"])["test"], model.iterations)
@@ -40,7 +40,7 @@ def export_pretrained(run_dir: str | Path, name: str, command: str, out_dir: Pat
         "train_images_per_s": records[-1]["images_per_s"],
         "command": command,
         "training_config": config,
-        "git_revision": _git_revision(),
+        "git_revision": git_revision(),
         "date": datetime.date.today().isoformat(),
     }
     (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
@@ -57,7 +57,8 @@ def _epochs_note(epochs: int) -> str:
     return f"{epochs} epochs instead of the paper's {PAPER_EPOCHS}: CPU time in the session that trained it allowed no more"
 
 
-def _git_revision() -> str:
+def git_revision() -> str:
+    """HEAD of the repository the command runs in, or "unknown"."""
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
