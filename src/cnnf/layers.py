@@ -46,10 +46,10 @@ class Conv2d(FeedbackLayer):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv2d's default
 
     def forward(self, f: Tensor, drive: Tensor | None = None) -> tuple[Tensor, Latent]:
-        return F.conv2d(f, self.weight, padding=self.padding), None
+        return channels_last(F.conv2d(f, self.weight, padding=self.padding)), None
 
     def feedback(self, g: Tensor, latent: Latent) -> Tensor:
-        return F.conv_transpose2d(g, self.weight, padding=self.padding)
+        return channels_last(F.conv_transpose2d(g, self.weight, padding=self.padding))
 
     def extra_repr(self) -> str:
         o, i, k, _ = self.weight.shape
@@ -105,10 +105,32 @@ class InstanceNorm(FeedbackLayer):
         self.eps = eps
 
     def forward(self, f: Tensor, drive: Tensor | None = None) -> tuple[Tensor, Latent]:
-        return F.rms_norm(f, f.shape[-2:], eps=self.eps), None
+        return _RMSNormHW.apply(f, self.eps), None
 
     def feedback(self, g: Tensor, latent: Latent) -> Tensor:
-        return F.rms_norm(g, g.shape[-2:], eps=self.eps)
+        return _RMSNormHW.apply(g, self.eps)
+
+
+class _RMSNormHW(torch.autograd.Function):
+    """y = f * r with r = (mean_{H,W} f^2 + eps)^(-1/2), per sample and channel, with the
+    analytic gradient df = r * (dy - y * mean_{H,W}(dy * y)). Same values as
+    F.rms_norm(f, f.shape[-2:]); its backward is one fused expression instead of autograd's
+    chain of pow / mean / rsqrt / mul nodes, which made normalisation the slowest part of a
+    training step. First-order only (training and attacks need no more)."""
+
+    @staticmethod
+    def forward(ctx, f: Tensor, eps: float) -> Tensor:
+        r = torch.rsqrt(f.square().mean((-2, -1), keepdim=True) + eps)
+        y = f * r
+        ctx.save_for_backward(y, r)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: Tensor) -> tuple[Tensor, None]:
+        y, r = ctx.saved_tensors
+        dot = (dy * y).mean((-2, -1), keepdim=True)
+        return r * dy - (r * dot) * y, None
 
 
 class AdaReLU(FeedbackLayer):
@@ -125,10 +147,10 @@ class AdaReLU(FeedbackLayer):
             out = F.relu(f)
             return out, out > 0
         mask = f * drive > 0
-        return torch.where(mask, f, 0.0), mask
+        return f * mask, mask
 
     def feedback(self, g: Tensor, latent: Latent) -> Tensor:
-        return torch.where(latent, g, 0.0)
+        return g * latent
 
 
 class AdaPool(FeedbackLayer):
@@ -146,13 +168,13 @@ class AdaPool(FeedbackLayer):
 
     def forward(self, f: Tensor, drive: Tensor | None = None) -> tuple[Tensor, Latent]:
         if drive is None:
-            return F.max_pool2d(f, self.size, return_indices=True)
+            return _max_pool(f, self.size)
         sign = torch.where(drive >= 0, 1.0, -1.0).to(f.dtype)
         b, c, h, w = sign.shape
         r = self.size
         # every r x r window times its sign, by broadcasting (B, C, h, r, w, r) * (B, C, h, 1, w, 1)
         signed = (f.view(b, c, h, r, w, r) * sign.view(b, c, h, 1, w, 1)).view_as(f)
-        pooled, index = F.max_pool2d(signed, r, return_indices=True)
+        pooled, index = _max_pool(signed, r)
         return pooled * sign, index
 
     def feedback(self, g: Tensor, latent: Latent) -> Tensor:
@@ -160,6 +182,11 @@ class AdaPool(FeedbackLayer):
 
     def extra_repr(self) -> str:
         return f"size={self.size}"
+
+
+def _max_pool(f: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Max-pool with flat (h * W + w) indices."""
+    return F.max_pool2d(f, size, return_indices=True)
 
 
 class Flatten(FeedbackLayer):
@@ -173,4 +200,11 @@ class Flatten(FeedbackLayer):
         return f.flatten(1), None
 
     def feedback(self, g: Tensor, latent: Latent) -> Tensor:
-        return g.view(g.shape[0], *self.shape)
+        return channels_last(g.view(g.shape[0], *self.shape))
+
+
+def channels_last(t: Tensor) -> Tensor:
+    """t in channels-last memory (NHWC strides; same shape and values). Every (B, C, H, W)
+    feature map of the network is kept in this one layout: torch's CPU convolutions and
+    pooling run faster in it, and elementwise ops on operands of mixed layouts are slow."""
+    return t.contiguous(memory_format=torch.channels_last)
