@@ -469,3 +469,24 @@ def test_bad_counts_raise():
         spsa(model, x, y, 0.1, samples=0)
     with pytest.raises(ValueError, match="loss"):
         spsa(model, x, y, 0.1, loss="hinge")
+
+
+def test_pgd_early_stop_is_no_weaker_and_does_less_work(trained):
+    """Per image, early-stopped PGD either stopped at a misclassified iterate or ran the same
+    trajectory as plain PGD; so no image survives it that plain PGD fools."""
+    model, x, y = trained
+    calls = []
+
+    def counted(images):
+        calls.append(len(images))
+        return model(images)
+
+    runs = {}
+    for early in (False, True):
+        calls.clear()
+        x_adv = pgd(counted, x, y, 0.05, steps=10, generator=torch.Generator().manual_seed(3), early_stop=early)
+        with torch.no_grad():
+            runs[early] = (model(x_adv).argmax(1) == y, sum(calls))
+    (plain, plain_work), (early, early_work) = runs[False], runs[True]
+    assert (early <= plain).all() and early.sum() < len(y)
+    assert early_work < plain_work

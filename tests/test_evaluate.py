@@ -44,6 +44,7 @@ def test_sweep_rows_and_checks(tiny):
     worst = {(r["eps"], r["iterations"], r["output"]): r["accuracy_mean"] for r in result["rows"] if r["attack"] == "worst-case"}
     for r in rows:
         assert worst[(r["eps"], r["iterations"], r["output"])] <= r["accuracy_mean"] + 1e-12
+    assert all(r["early_stop"] == (r["target"] == "e2e" and r["attack"] == "pgd7") for r in rows)
     e2e_attacked = [r for r in rows if r["target"] == "e2e" and r["attacked_output"]]
     assert {(r["iterations"], r["output"]) for r in e2e_attacked} == {(1, "last")}
     names = {c["check"] for c in result["sanity"]}

@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="attack seeds (random starts); mean and std over them")
     p.add_argument("--cnn", type=Path, help="run folder or checkpoint of a CNN for --targets cnn")
     p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--no-early-stop", action="store_true",
+                   help="run every PGD step on every image (default: e2e PGD keeps each image's first misclassified iterate)")
     p.add_argument("--dataset", help="default: the dataset the model was trained on")
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--out", type=Path, help="results JSON (default: results/NAME.json); a plot is written beside it")
@@ -148,6 +150,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         iterations=_numbers(args.iterations, int, "iterations") if args.iterations else list(range(model.iterations + 1)),
         seeds=list(range(args.seeds)),
         batch_size=args.batch_size,
+        early_stop=not args.no_early_stop,
     )
     cnn = checkpoint.load_model(args.cnn / "model.pt" if args.cnn.is_dir() else args.cnn) if args.cnn else None
     result = run_sweep(model, test_set, sweep, cnn=cnn)

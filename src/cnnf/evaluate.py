@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from cnnf.attacks import AttackSpec, gradient_source
+from cnnf.attacks import AttackSpec, gradient_source, pgd
 from cnnf.data import ImageSet
 from cnnf.model import CNNF
 from cnnf.model_card import git_revision
@@ -40,6 +40,7 @@ class Sweep:
     outputs: tuple[str, ...] = OUTPUT_MODES
     seeds: list[int] = field(default_factory=lambda: [0])
     batch_size: int = 250
+    early_stop: bool = True  # "e2e" PGD keeps each image's first misclassified iterate
     attacked_iterations: int | None = None  # what "e2e" differentiates: the model's N ...
     attacked_output: str | None = None      # ... and output mode (set by run_sweep)
 
@@ -78,7 +79,7 @@ def _robust_flags(model: CNNF, images: ImageSet, sweep: Sweep, adversary) -> dic
         if adversary is not None and adversary[2] > 0:  # at eps = 0 every attack returns x
             spec, model_fn, eps, seed = adversary
             generator = torch.Generator().manual_seed(seed * 1_000_003 + batch)
-            x = spec.run(model_fn, x, y, eps, generator)
+            x = spec.run(model_fn, x, y, eps, generator, early_stop=_early_stop(sweep, spec, model_fn.target))
         with torch.inference_mode():
             logits = torch.stack(model.infer(x, iterations=n_max).logits)  # (n_max + 1, B, classes)
         for t in sweep.iterations:
@@ -88,13 +89,19 @@ def _robust_flags(model: CNNF, images: ImageSet, sweep: Sweep, adversary) -> dic
     return {key: torch.cat(f) for key, f in flags.items()}
 
 
+def _early_stop(sweep: Sweep, spec: AttackSpec, target: str) -> bool:
+    """PGD stops early only where the attacked function is the scored one ("e2e")."""
+    return sweep.early_stop and target == "e2e" and spec.fn is pgd
+
+
 def _row(key: tuple, flags: list[torch.Tensor], sweep: Sweep, seconds: dict) -> dict:
     name, target, eps, t, mode = key
     spec = next(s for s in sweep.attacks if s.name == name)
     accs = [f.double().mean().item() for f in flags]
     return {
         "attack": name, "target": target, "eps": eps, "steps": spec.steps, "restarts": spec.restarts,
-        "step_size": spec.step_size(eps), "iterations": t, "output": mode, "images": len(flags[0]),
+        "step_size": spec.step_size(eps), "early_stop": _early_stop(sweep, spec, target),
+        "iterations": t, "output": mode, "images": len(flags[0]),
         "attacked_output": target != "e2e" or (t, mode) == (sweep.attacked_iterations, sweep.attacked_output),
         "accuracy_mean": statistics.fmean(accs), "accuracy_std": statistics.pstdev(accs), "accuracies": accs,
         "seconds": seconds[(name, target, eps)] / len(sweep.seeds),

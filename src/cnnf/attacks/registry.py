@@ -57,13 +57,22 @@ class AttackSpec:
         return None
 
     def run(
-        self, model_fn: ModelFn, x: Tensor, y: Tensor, eps: float, generator: torch.Generator | None = None
+        self,
+        model_fn: ModelFn,
+        x: Tensor,
+        y: Tensor,
+        eps: float,
+        generator: torch.Generator | None = None,
+        early_stop: bool = False,
     ) -> Tensor:
-        """x_adv for images x (B, C, H, W) in [-1, 1], labels y, budget eps in [0, 1] units."""
+        """x_adv for images x (B, C, H, W) in [-1, 1], labels y, budget eps in [0, 1] units.
+        early_stop: PGD keeps each image's first misclassified iterate (see `pgd`); only for a
+        model_fn that is the scored model. Single-step and own-schedule attacks ignore it."""
         if self.fn is fgsm:
             return fgsm(model_fn, x, y, eps)
         if self.fn is pgd:
-            return pgd(model_fn, x, y, eps, self.steps, restarts=self.restarts, generator=generator, **self.options)
+            return pgd(model_fn, x, y, eps, self.steps, restarts=self.restarts, generator=generator,
+                       early_stop=early_stop, **self.options)
         if self.fn is spsa:
             return spsa(model_fn, x, y, eps, steps=self.steps, generator=generator, **self.options)
         if self.fn is autoattack:

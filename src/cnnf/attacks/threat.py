@@ -109,7 +109,7 @@ def project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
 
 
 def input_gradient(model_fn: ModelFn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """Gradient of the summed cross-entropy w.r.t. the images only, and the per-sample losses.
+    """Gradient of the summed cross-entropy w.r.t. the images only, and the logits at x.
 
     Uses torch.autograd.grad with inputs=[x], so no parameter's .grad is touched. The sum (not
     the mean) keeps each sample's gradient independent of the batch size.
@@ -120,7 +120,7 @@ def input_gradient(model_fn: ModelFn, x: Tensor, y: Tensor) -> tuple[Tensor, Ten
         check_logits(logits, len(x))
         losses = nn.functional.cross_entropy(logits, y, reduction="none")
         (grad,) = torch.autograd.grad(losses.sum(), [x])
-    return grad.detach(), losses.detach()
+    return grad.detach(), logits.detach()
 
 
 @torch.no_grad()
