@@ -13,7 +13,7 @@ from cnnf import checkpoint
 from cnnf.attacks import parse_attacks
 from cnnf.cli import main
 from cnnf.data import load_dataset
-from cnnf.evaluate import Sweep, run_sweep
+from cnnf.evaluate import Sweep, _strength_order, run_sweep
 from synthetic import make_fashion_dir
 
 
@@ -49,6 +49,21 @@ def test_sweep_rows_and_checks(tiny):
     assert {(r["iterations"], r["output"]) for r in e2e_attacked} == {(1, "last")}
     names = {c["check"] for c in result["sanity"]}
     assert {"accuracy at eps 0 equals clean accuracy", "accuracy does not rise with eps", "e2e gradients are non-zero"} <= names
+
+
+def _row(attack, target, t, acc, attacked=True):
+    return {"attack": attack, "target": target, "eps": 0.1, "iterations": t, "output": "last",
+            "attacked_output": attacked, "accuracy_mean": acc}
+
+
+def test_strength_checks_skip_e2e_transfer_rows():
+    """e2e images made against N = 5 and scored at N = 0 are a transfer: no ordering expected."""
+    transfer = [_row("fgsm", "e2e", 0, 0.5, attacked=False), _row("pgd40", "e2e", 0, 0.8, attacked=False),
+                _row("pgd40", "first", 0, 0.1)]
+    assert _strength_order(transfer) == []
+    attacked = [_row("fgsm", "e2e", 5, 0.5), _row("pgd40", "e2e", 5, 0.8), _row("pgd40", "first", 5, 0.1)]
+    failed = {c["check"] for c in _strength_order(attacked) if not c["passed"]}
+    assert failed == {"pgd40 no weaker than fgsm", "end-to-end attack not much weaker than transfer (gradient masking?)"}
 
 
 def test_evaluate_command_writes_results_and_plot(tiny, tmp_path: Path, capsys):
