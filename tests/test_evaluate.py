@@ -13,7 +13,9 @@ from cnnf import checkpoint
 from cnnf.attacks import parse_attacks
 from cnnf.cli import main
 from cnnf.data import load_dataset
+from cnnf import evaluate
 from cnnf.evaluate import Sweep, _strength_order, run_sweep
+from cnnf.sweep_progress import SweepProgress, SweepProgressError
 from synthetic import make_fashion_dir
 
 
@@ -49,6 +51,44 @@ def test_sweep_rows_and_checks(tiny):
     assert {(r["iterations"], r["output"]) for r in e2e_attacked} == {(1, "last")}
     names = {c["check"] for c in result["sanity"]}
     assert {"accuracy at eps 0 equals clean accuracy", "accuracy does not rise with eps", "e2e gradients are non-zero"} <= names
+
+
+def test_interrupted_sweep_resumes_where_it_stopped(tiny, tmp_path: Path, monkeypatch):
+    model, images, _ = tiny
+    torch.set_num_threads(1)
+    sweep = lambda: Sweep(parse_attacks("fgsm"), ["first", "e2e"], [0.05, 0.1], [0, 1], batch_size=20)  # noqa: E731
+    reference = run_sweep(model, images, sweep())
+    progress = tmp_path / "sweep.progress.pt"
+    attacked = []
+    real = evaluate._robust_flags
+
+    def interrupted(model, images, sweep, adversary):
+        if adversary is not None:
+            attacked.append(adversary[2])
+            if len(attacked) == 3:
+                raise KeyboardInterrupt
+        return real(model, images, sweep, adversary)
+
+    monkeypatch.setattr(evaluate, "_robust_flags", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(model, images, sweep(), progress=progress)
+    assert progress.exists()
+    attacked.clear()
+    resumed = run_sweep(model, images, sweep(), progress=progress)
+    assert len(attacked) == 2 and resumed["meta"]["resumed_runs"] == 2  # 4 runs: 2 saved, 2 left
+    assert [r["accuracies"] for r in resumed["rows"]] == [r["accuracies"] for r in reference["rows"]]
+    assert not progress.exists()
+
+
+def test_progress_of_another_sweep_is_refused(tiny, tmp_path: Path):
+    model, images, _ = tiny
+    progress = tmp_path / "sweep.progress.pt"
+    SweepProgress(progress, "other sweep").put((0, "fgsm", "first", 0.1), {(0, "last"): torch.ones(3, dtype=torch.bool)}, 1.0)
+    with pytest.raises(SweepProgressError, match="different sweep"):
+        run_sweep(model, images, Sweep(parse_attacks("fgsm"), ["first"], [0.1], [0]), progress=progress)
+    progress.write_bytes(b"not a torch file")
+    with pytest.raises(SweepProgressError, match="corrupt"):
+        SweepProgress(progress, "x")
 
 
 def _row(attack, target, t, acc, attacked=True):

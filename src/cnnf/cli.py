@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnnf: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("cnnf: interrupted; resume a training run with: cnnf train --resume RUN_DIR", file=sys.stderr)
+        print("cnnf: interrupted; resume training with `cnnf train --resume RUN_DIR`, "
+              "a robustness sweep by running the same `cnnf evaluate` command again", file=sys.stderr)
         return 130
 
 
@@ -153,10 +154,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         early_stop=not args.no_early_stop,
     )
     cnn = checkpoint.load_model(args.cnn / "model.pt" if args.cnn.is_dir() else args.cnn) if args.cnn else None
-    result = run_sweep(model, test_set, sweep, cnn=cnn)
-    result["meta"]["model"] = args.pretrained or str(args.run_dir)
     out = args.out or Path("results") / f"{args.pretrained or args.run_dir.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    progress = out.with_suffix(".progress.pt")
+    if progress.exists():
+        print(f"resuming the sweep saved in {progress}", file=sys.stderr)
+    result = run_sweep(model, test_set, sweep, cnn=cnn, progress=progress)
+    result["meta"]["model"] = args.pretrained or str(args.run_dir)
     out.write_text(json.dumps(result, indent=1))
     print(format_table(result))
     plot_results([out], out.with_suffix(".png"), output=model.output)

@@ -16,6 +16,7 @@ import datetime
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from cnnf.attacks import AttackSpec, gradient_source, pgd
 from cnnf.data import ImageSet
 from cnnf.model import CNNF
 from cnnf.model_card import git_revision
+from cnnf.sweep_progress import SweepProgress, fingerprint
 
 OUTPUT_MODES = ("last", "average")
 NOISE_POINTS = 1.0  # accuracy differences below this many points count as noise in sanity checks
@@ -45,10 +47,18 @@ class Sweep:
     attacked_output: str | None = None      # ... and output mode (set by run_sweep)
 
 
-def run_sweep(model: CNNF, images: ImageSet, sweep: Sweep, cnn: CNNF | None = None) -> dict:
-    """Run `sweep` on `images`; returns {"meta", "clean", "rows", "sanity"}."""
+def run_sweep(
+    model: CNNF, images: ImageSet, sweep: Sweep, cnn: CNNF | None = None, progress: Path | None = None
+) -> dict:
+    """Run `sweep` on `images`; returns {"meta", "clean", "rows", "sanity"}.
+
+    progress: a file to save each finished attack run in; an interrupted sweep called again
+    with the same file, model, images and settings skips the runs already there. The file is
+    deleted when the sweep completes.
+    """
     model.eval()
     sweep.attacked_iterations, sweep.attacked_output = model.iterations, model.output
+    saved = SweepProgress(progress, _fingerprint(model, images, sweep, cnn))
     clean = _robust_flags(model, images, sweep, adversary=None)
     survived: dict[tuple, list[torch.Tensor]] = {}  # (attack, target, eps, t, mode) -> per seed flags
     seconds: dict[tuple, float] = {}
@@ -57,10 +67,15 @@ def run_sweep(model: CNNF, images: ImageSet, sweep: Sweep, cnn: CNNF | None = No
             for target in sweep.targets:
                 model_fn = gradient_source(model, target, cnn=cnn)
                 for eps in sweep.eps:
-                    start = time.perf_counter()
-                    flags = _robust_flags(model, images, sweep, (spec, model_fn, eps, seed))
                     key = (spec.name, target, eps)
-                    seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
+                    done = saved.get((seed, *key))
+                    if done is None:
+                        start = time.perf_counter()
+                        flags = _robust_flags(model, images, sweep, (spec, model_fn, eps, seed))
+                        done = flags, time.perf_counter() - start
+                        saved.put((seed, *key), *done)
+                    flags, elapsed = done
+                    seconds[key] = seconds.get(key, 0.0) + elapsed
                     for (t, mode), f in flags.items():
                         survived.setdefault((*key, t, mode), []).append(f)
     rows = [_row(key, flags, sweep, seconds) for key, flags in survived.items()]
@@ -68,7 +83,18 @@ def run_sweep(model: CNNF, images: ImageSet, sweep: Sweep, cnn: CNNF | None = No
     clean_acc = {f"{t}/{mode}": f.double().mean().item() for (t, mode), f in clean.items()}
     result = {"meta": _meta(model, images, sweep), "clean": clean_acc, "rows": rows}
     result["sanity"] = sanity_checks(result, model, images, sweep, cnn)
+    result["meta"]["resumed_runs"] = len(saved.resumed)
+    saved.finish()
     return result
+
+
+def _fingerprint(model: CNNF, images: ImageSet, sweep: Sweep, cnn: CNNF | None) -> str:
+    settings = {
+        "model_settings": model.settings(), "iterations": sweep.iterations, "outputs": sweep.outputs,
+        "batch_size": sweep.batch_size, "early_stop": sweep.early_stop,
+        "attacks": [(s.name, s.steps, s.restarts, dict(s.options)) for s in sweep.attacks],
+    }
+    return fingerprint([model] + ([cnn] if cnn is not None else []), images.images, images.labels, settings)
 
 
 def _robust_flags(model: CNNF, images: ImageSet, sweep: Sweep, adversary) -> dict[tuple, torch.Tensor]:
