@@ -123,3 +123,21 @@ def test_evaluate_bad_arguments(tiny, capsys, flag, value, needle):
     _, _, run = tiny
     assert main(["evaluate", str(run), flag, value]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_plot_marks_e2e_transfer_rows():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cnnf.plot import _draw_curve
+
+    _, ax = plt.subplots()
+    rows = [{"eps": e, "accuracy_mean": 0.5, "accuracy_std": 0.0, "attacked_output": False} for e in (0.0, 0.1)]
+    _draw_curve(ax, rows, "model, N=0", "C0")
+    _draw_curve(ax, [dict(r, attacked_output=True) for r in rows], "model, N=5", "C1")
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels == ["model, N=0 (transfer)", "model, N=5"]
+    assert [h.lines[0].get_linestyle() for h in handles] == ["--", "-"]
+    plt.close("all")
