@@ -53,31 +53,55 @@ def test_sweep_rows_and_checks(tiny):
     assert {"accuracy at eps 0 equals clean accuracy", "accuracy does not rise with eps", "e2e gradients are non-zero"} <= names
 
 
-def test_interrupted_sweep_resumes_where_it_stopped(tiny, tmp_path: Path, monkeypatch):
-    model, images, _ = tiny
-    torch.set_num_threads(1)
-    sweep = lambda: Sweep(parse_attacks("fgsm"), ["first", "e2e"], [0.05, 0.1], [0, 1], batch_size=20)  # noqa: E731
-    reference = run_sweep(model, images, sweep())
-    progress = tmp_path / "sweep.progress.pt"
-    attacked = []
-    real = evaluate._robust_flags
+def _interrupt_third_call(monkeypatch, name, record):
+    """Wrap evaluate.<name>: calls where record(args) is not None are logged, and the third one
+    raises KeyboardInterrupt. Returns the log (clear it before resuming)."""
+    log = []
+    real = getattr(evaluate, name)
 
-    def interrupted(model, images, sweep, adversary):
-        if adversary is not None:
-            attacked.append(adversary[2])
-            if len(attacked) == 3:
+    def wrapper(*args):
+        value = record(args)
+        if value is not None:
+            log.append(value)
+            if len(log) == 3:
                 raise KeyboardInterrupt
-        return real(model, images, sweep, adversary)
+        return real(*args)
 
-    monkeypatch.setattr(evaluate, "_robust_flags", interrupted)
+    monkeypatch.setattr(evaluate, name, wrapper)
+    return log
+
+
+def _interrupt_and_resume(tiny, sweep, progress, log):
+    """Interrupt `sweep`, resume it from `progress`; returns the resumed results."""
+    model, images, _ = tiny
     with pytest.raises(KeyboardInterrupt):
         run_sweep(model, images, sweep(), progress=progress)
     assert progress.exists()
-    attacked.clear()
+    log.clear()
     resumed = run_sweep(model, images, sweep(), progress=progress)
-    assert len(attacked) == 2 and resumed["meta"]["resumed_runs"] == 2  # 4 runs: 2 saved, 2 left
-    assert [r["accuracies"] for r in resumed["rows"]] == [r["accuracies"] for r in reference["rows"]]
     assert not progress.exists()
+    return resumed
+
+
+def test_interrupted_sweep_resumes_where_it_stopped(tiny, tmp_path: Path, monkeypatch):
+    torch.set_num_threads(1)
+    sweep = lambda: Sweep(parse_attacks("fgsm"), ["first", "e2e"], [0.05, 0.1], [0, 1], batch_size=20)  # noqa: E731
+    reference = run_sweep(tiny[0], tiny[1], sweep())
+    log = _interrupt_third_call(monkeypatch, "_attack_run", lambda args: args[5])
+    resumed = _interrupt_and_resume(tiny, sweep, tmp_path / "sweep.progress.pt", log)
+    assert len(log) == 2 and resumed["meta"]["resumed_runs"] == 2  # 4 runs: 2 saved, 2 left
+    assert [r["accuracies"] for r in resumed["rows"]] == [r["accuracies"] for r in reference["rows"]]
+
+
+def test_interrupted_run_resumes_at_its_batch(tiny, tmp_path: Path, monkeypatch):
+    """A long run (one attack at one eps) keeps its finished batches too."""
+    torch.set_num_threads(1)
+    sweep = lambda: Sweep(parse_attacks("pgd7"), ["e2e"], [0.1], [0, 1], batch_size=10)  # noqa: E731
+    reference = run_sweep(tiny[0], tiny[1], sweep())
+    log = _interrupt_third_call(monkeypatch, "_batch_flags", lambda args: None if args[4] is None else args[5])
+    resumed = _interrupt_and_resume(tiny, sweep, tmp_path / "sweep.progress.pt", log)
+    assert log == [2, 3]  # 40 images in batches of 10: batches 0 and 1 were saved
+    assert [r["accuracies"] for r in resumed["rows"]] == [r["accuracies"] for r in reference["rows"]]
 
 
 def test_progress_of_another_sweep_is_refused(tiny, tmp_path: Path):

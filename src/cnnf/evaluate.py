@@ -52,9 +52,9 @@ def run_sweep(
 ) -> dict:
     """Run `sweep` on `images`; returns {"meta", "clean", "rows", "sanity"}.
 
-    progress: a file to save each finished attack run in; an interrupted sweep called again
-    with the same file, model, images and settings skips the runs already there. The file is
-    deleted when the sweep completes.
+    progress: a file to save finished attack runs and batches in; an interrupted sweep called
+    again with the same file, model, images and settings skips what is already there. The file
+    is deleted when the sweep completes.
     """
     model.eval()
     sweep.attacked_iterations, sweep.attacked_output = model.iterations, model.output
@@ -70,9 +70,7 @@ def run_sweep(
                     key = (spec.name, target, eps)
                     done = saved.get((seed, *key))
                     if done is None:
-                        start = time.perf_counter()
-                        flags = _robust_flags(model, images, sweep, (spec, model_fn, eps, seed))
-                        done = flags, time.perf_counter() - start
+                        done = _attack_run(model, images, sweep, (spec, model_fn, eps, seed), saved, (seed, *key))
                         saved.put((seed, *key), *done)
                     flags, elapsed = done
                     seconds[key] = seconds.get(key, 0.0) + elapsed
@@ -99,20 +97,42 @@ def _fingerprint(model: CNNF, images: ImageSet, sweep: Sweep, cnn: CNNF | None) 
 
 def _robust_flags(model: CNNF, images: ImageSet, sweep: Sweep, adversary) -> dict[tuple, torch.Tensor]:
     """Per (iterations, output mode): a bool per image, True where the prediction is correct."""
-    n_max = max(sweep.iterations)
-    flags: dict[tuple, list[torch.Tensor]] = {(t, m): [] for t in sweep.iterations for m in sweep.outputs}
-    for batch, (x, y) in enumerate(images.batches(sweep.batch_size)):
-        if adversary is not None and adversary[2] > 0:  # at eps = 0 every attack returns x
-            spec, model_fn, eps, seed = adversary
-            generator = torch.Generator().manual_seed(seed * 1_000_003 + batch)
-            x = spec.run(model_fn, x, y, eps, generator, early_stop=_early_stop(sweep, spec, model_fn.target))
-        with torch.inference_mode():
-            logits = torch.stack(model.infer(x, iterations=n_max).logits)  # (n_max + 1, B, classes)
-        for t in sweep.iterations:
-            outputs = {"last": logits[t], "average": logits[: t + 1].mean(0)}
-            for mode in sweep.outputs:
-                flags[(t, mode)].append(outputs[mode].argmax(1) == y)
-    return {key: torch.cat(f) for key, f in flags.items()}
+    batches = [_batch_flags(model, x, y, sweep, adversary, i) for i, (x, y) in enumerate(images.batches(sweep.batch_size))]
+    return _concatenate(batches)
+
+
+def _attack_run(model: CNNF, images: ImageSet, sweep: Sweep, adversary, saved: SweepProgress, key) -> tuple[dict, float]:
+    """`_robust_flags` of one (seed, attack, target, eps) run and its seconds, batch by batch;
+    each finished batch is saved, so an interrupted run resumes at the batch where it stopped."""
+    done, seconds = saved.partial(key)
+    for index, (x, y) in enumerate(images.batches(sweep.batch_size)):
+        if index not in done:
+            start = time.perf_counter()
+            done[index] = _batch_flags(model, x, y, sweep, adversary, index)
+            seconds += time.perf_counter() - start
+            saved.put_batch(key, index, done[index], seconds)
+    return _concatenate([done[i] for i in sorted(done)]), seconds
+
+
+def _batch_flags(model: CNNF, x: torch.Tensor, y: torch.Tensor, sweep: Sweep, adversary, batch: int) -> dict[tuple, torch.Tensor]:
+    """Per (iterations, output mode): correct predictions on batch number `batch`, attacked
+    by `adversary` = (spec, model_fn, eps, seed) or clean (None)."""
+    if adversary is not None and adversary[2] > 0:  # at eps = 0 every attack returns x
+        spec, model_fn, eps, seed = adversary
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + batch)
+        x = spec.run(model_fn, x, y, eps, generator, early_stop=_early_stop(sweep, spec, model_fn.target))
+    with torch.inference_mode():
+        logits = torch.stack(model.infer(x, iterations=max(sweep.iterations)).logits)  # (N + 1, B, classes)
+    flags = {}
+    for t in sweep.iterations:
+        outputs = {"last": logits[t], "average": logits[: t + 1].mean(0)}
+        for mode in sweep.outputs:
+            flags[(t, mode)] = outputs[mode].argmax(1) == y
+    return flags
+
+
+def _concatenate(batches: list[dict[tuple, torch.Tensor]]) -> dict[tuple, torch.Tensor]:
+    return {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
 
 
 def _early_stop(sweep: Sweep, spec: AttackSpec, target: str) -> bool:

@@ -2,9 +2,11 @@
 interrupted (Ctrl-C, a killed job, the end of a session) continues where it stopped.
 
 The file (`NAME.progress.pt` beside the results) holds a fingerprint of what is being measured
-(model weights and settings, images, sweep settings) and, per finished run (seed, attack,
-target, eps), the per-image robust flags at every (iterations, output mode) and the seconds it
-took. It is written atomically and read with torch.load(weights_only=True).
+(model weights and settings, images, sweep settings); per finished run (seed, attack, target,
+eps), the per-image robust flags at every (iterations, output mode) and the seconds it took;
+and the finished batches of the run in progress, so a long run (AutoAttack on a 5-iteration
+model takes hours) resumes mid-way. It is written atomically after every batch and read with
+torch.load(weights_only=True).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ class SweepProgressError(ValueError):
 
 
 class SweepProgress:
-    """Finished attack runs of one sweep; `path` None keeps nothing (no resuming)."""
+    """Finished attack runs of one sweep and the finished batches of the run in progress;
+    `path` None keeps nothing (no resuming)."""
 
     def __init__(self, path: Path | None, fingerprint: str):
         self.path = path
         self.fingerprint = fingerprint
         self.runs: dict[str, dict] = {}
+        self.in_progress: dict | None = None  # {"run", "batches": {index: flags}, "seconds"}
         self.resumed: list[str] = []  # runs read back from the file
         if path is not None and path.exists():
             state = _load(path)
@@ -40,19 +44,40 @@ class SweepProgress:
                     "delete it to start afresh, or rerun the command that made it"
                 )
             self.runs = state["runs"]
+            self.in_progress = state.get("in_progress")
             self.resumed = list(self.runs)
 
     def get(self, key: RunKey) -> tuple[Flags, float] | None:
         run = self.runs.get(_name(key))
         if run is None:
             return None
-        flags = {(int(t), mode): f for t_mode, f in run["flags"].items() for t, mode in [t_mode.split("/")]}
-        return flags, run["seconds"]
+        return _unpack(run["flags"]), run["seconds"]
+
+    def partial(self, key: RunKey) -> tuple[dict[int, Flags], float]:
+        """The finished batches {index: flags} of run `key` and their seconds ({}, 0 if none)."""
+        if self.in_progress is None or self.in_progress["run"] != _name(key):
+            return {}, 0.0
+        batches = {int(i): _unpack(flags) for i, flags in self.in_progress["batches"].items()}
+        return batches, self.in_progress["seconds"]
+
+    def put_batch(self, key: RunKey, index: int, flags: Flags, seconds: float) -> None:
+        """Batch `index` of run `key` is done; `seconds` so far for the run."""
+        if self.in_progress is None or self.in_progress["run"] != _name(key):
+            self.in_progress = {"run": _name(key), "batches": {}, "seconds": 0.0}
+        self.in_progress["batches"][str(index)] = _pack(flags)
+        self.in_progress["seconds"] = seconds
+        self._save()
 
     def put(self, key: RunKey, flags: Flags, seconds: float) -> None:
-        self.runs[_name(key)] = {"flags": {f"{t}/{mode}": f for (t, mode), f in flags.items()}, "seconds": seconds}
+        """Run `key` is complete."""
+        self.runs[_name(key)] = {"flags": _pack(flags), "seconds": seconds}
+        self.in_progress = None
+        self._save()
+
+    def _save(self) -> None:
         if self.path is not None:
-            save_atomic({"fingerprint": self.fingerprint, "runs": self.runs}, self.path)
+            state = {"fingerprint": self.fingerprint, "runs": self.runs, "in_progress": self.in_progress}
+            save_atomic(state, self.path)
 
     def finish(self) -> None:
         """The sweep is complete and its results are written: the progress file goes."""
@@ -77,6 +102,14 @@ def _load(path: Path) -> dict:
     if not isinstance(state, dict) or "runs" not in state:
         raise SweepProgressError(f"{path} is not a sweep progress file; delete it to start the sweep afresh")
     return state
+
+
+def _pack(flags: Flags) -> dict[str, torch.Tensor]:
+    return {f"{t}/{mode}": f for (t, mode), f in flags.items()}
+
+
+def _unpack(packed: dict[str, torch.Tensor]) -> Flags:
+    return {(int(t), mode): f for t_mode, f in packed.items() for t, mode in [t_mode.split("/")]}
 
 
 def _name(key: RunKey) -> str:
