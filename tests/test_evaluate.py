@@ -71,14 +71,14 @@ def _interrupt_third_call(monkeypatch, name, record):
     return log
 
 
-def _interrupt_and_resume(tiny, sweep, progress, log):
+def _interrupt_and_resume(tiny, sweep, progress, log, report=None):
     """Interrupt `sweep`, resume it from `progress`; returns the resumed results."""
     model, images, _ = tiny
     with pytest.raises(KeyboardInterrupt):
         run_sweep(model, images, sweep(), progress=progress)
     assert progress.exists()
     log.clear()
-    resumed = run_sweep(model, images, sweep(), progress=progress)
+    resumed = run_sweep(model, images, sweep(), progress=progress, report=report)
     assert not progress.exists()
     return resumed
 
@@ -88,8 +88,11 @@ def test_interrupted_sweep_resumes_where_it_stopped(tiny, tmp_path: Path, monkey
     sweep = lambda: Sweep(parse_attacks("fgsm"), ["first", "e2e"], [0.05, 0.1], [0, 1], batch_size=20)  # noqa: E731
     reference = run_sweep(tiny[0], tiny[1], sweep())
     log = _interrupt_third_call(monkeypatch, "_attack_run", lambda args: args[5])
-    resumed = _interrupt_and_resume(tiny, sweep, tmp_path / "sweep.progress.pt", log)
+    lines = []
+    resumed = _interrupt_and_resume(tiny, sweep, tmp_path / "sweep.progress.pt", log, report=lines.append)
     assert len(log) == 2 and resumed["meta"]["resumed_runs"] == 2  # 4 runs: 2 saved, 2 left
+    assert len(lines) == 4 and sum("(saved earlier)" in line for line in lines) == 2
+    assert lines[0].startswith("fgsm first eps=0.05 seed=0: ") and "at N=1 last" in lines[0]
     assert [r["accuracies"] for r in resumed["rows"]] == [r["accuracies"] for r in reference["rows"]]
 
 

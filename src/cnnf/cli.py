@@ -159,7 +159,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     progress = out.with_suffix(".progress.pt")
     if progress.exists():
         print(f"resuming the sweep saved in {progress}", file=sys.stderr)
-    result = run_sweep(model, test_set, sweep, cnn=cnn, progress=progress)
+    result = run_sweep(model, test_set, sweep, cnn=cnn, progress=progress,
+                       report=lambda line: print(line, file=sys.stderr, flush=True))
     result["meta"]["model"] = args.pretrained or str(args.run_dir)
     out.write_text(json.dumps(result, indent=1))
     print(format_table(result))

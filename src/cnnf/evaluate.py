@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,13 +49,19 @@ class Sweep:
 
 
 def run_sweep(
-    model: CNNF, images: ImageSet, sweep: Sweep, cnn: CNNF | None = None, progress: Path | None = None
+    model: CNNF,
+    images: ImageSet,
+    sweep: Sweep,
+    cnn: CNNF | None = None,
+    progress: Path | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> dict:
     """Run `sweep` on `images`; returns {"meta", "clean", "rows", "sanity"}.
 
     progress: a file to save finished attack runs and batches in; an interrupted sweep called
     again with the same file, model, images and settings skips what is already there. The file
     is deleted when the sweep completes.
+    report: called with one line per finished attack run (e.g. print, for long sweeps).
     """
     model.eval()
     sweep.attacked_iterations, sweep.attacked_output = model.iterations, model.output
@@ -69,10 +76,13 @@ def run_sweep(
                 for eps in sweep.eps:
                     key = (spec.name, target, eps)
                     done = saved.get((seed, *key))
-                    if done is None:
+                    resumed = done is not None
+                    if not resumed:
                         done = _attack_run(model, images, sweep, (spec, model_fn, eps, seed), saved, (seed, *key))
                         saved.put((seed, *key), *done)
                     flags, elapsed = done
+                    if report is not None:
+                        report(_run_line(seed, key, flags, elapsed, resumed))
                     seconds[key] = seconds.get(key, 0.0) + elapsed
                     for (t, mode), f in flags.items():
                         survived.setdefault((*key, t, mode), []).append(f)
@@ -84,6 +94,14 @@ def run_sweep(
     result["meta"]["resumed_runs"] = len(saved.resumed)
     saved.finish()
     return result
+
+
+def _run_line(seed: int, key: tuple, flags: dict, seconds: float, resumed: bool) -> str:
+    """One line on a finished run: accuracy at the last scored (iterations, output) pair."""
+    (t, mode), correct = max(flags.items(), key=lambda item: (item[0][0], item[0][1] == "last"))
+    attack, target, eps = key
+    return (f"{attack} {target} eps={eps} seed={seed}: {100 * correct.double().mean().item():.2f}% "
+            f"at N={t} {mode}, {seconds:.0f} s{' (saved earlier)' if resumed else ''}")
 
 
 def _fingerprint(model: CNNF, images: ImageSet, sweep: Sweep, cnn: CNNF | None) -> str:
