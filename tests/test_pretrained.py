@@ -53,4 +53,6 @@ def test_card_test_accuracy_is_reproducible(name):
     card = yaml.safe_load((checkpoint.PRETRAINED_DIR / f"{name}.yaml").read_text())
     model = cnnf.load_pretrained(name)
     acc = accuracy_per_iteration(model, _fashion_test_set(), model.iterations)
-    assert acc["last"] == pytest.approx(card["test_accuracy"]["last"], abs=1e-9)
+    # float32 results depend on the kernels (memory layout, thread count), which can flip a
+    # borderline prediction: allow 3 of the 10,000 test images; wrong weights miss by far more
+    assert acc["last"] == pytest.approx(card["test_accuracy"]["last"], abs=3e-4)
