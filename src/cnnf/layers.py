@@ -168,13 +168,13 @@ class AdaPool(FeedbackLayer):
 
     def forward(self, f: Tensor, drive: Tensor | None = None) -> tuple[Tensor, Latent]:
         if drive is None:
-            return _max_pool(f, self.size)
+            return F.max_pool2d(f, self.size, return_indices=True)
         sign = torch.where(drive >= 0, 1.0, -1.0).to(f.dtype)
         b, c, h, w = sign.shape
         r = self.size
         # every r x r window times its sign, by broadcasting (B, C, h, r, w, r) * (B, C, h, 1, w, 1)
         signed = (f.view(b, c, h, r, w, r) * sign.view(b, c, h, 1, w, 1)).view_as(f)
-        pooled, index = _max_pool(signed, r)
+        pooled, index = F.max_pool2d(signed, r, return_indices=True)
         return pooled * sign, index
 
     def feedback(self, g: Tensor, latent: Latent) -> Tensor:
@@ -182,11 +182,6 @@ class AdaPool(FeedbackLayer):
 
     def extra_repr(self) -> str:
         return f"size={self.size}"
-
-
-def _max_pool(f: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """Max-pool with flat (h * W + w) indices."""
-    return F.max_pool2d(f, size, return_indices=True)
 
 
 class Flatten(FeedbackLayer):

@@ -23,7 +23,8 @@ def plot_results(result_files: list[Path], out: Path, output: str = "last", iter
                     if iterations is None or r["iterations"] in iterations})
     colours = {line: f"C{i % 10}" for i, line in enumerate(lines)}
     cols = min(3, len(panels))
-    fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(4.6 * cols, 3.6 * -(-len(panels) // cols)), squeeze=False)
+    grid_rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(4.6 * cols, 3.6 * grid_rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (attack, target) in zip(axes.flat, panels):

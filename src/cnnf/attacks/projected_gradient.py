@@ -103,7 +103,7 @@ def pgd(
 def _pgd_run(model_fn, x, y, eps, steps, step_size, random_start, generator, early_stop) -> Tensor:
     """One PGD restart from a random (or the clean) point; returns the last iterate (or, with
     early_stop, the first misclassified one)."""
-    x_adv = x.clone()
+    x_adv = x.clone()  # updated in place, sample by sample
     if random_start:
         r = radius(eps)
         x_adv = project(x + torch.empty_like(x).uniform_(-r, r, generator=generator), x, eps)
