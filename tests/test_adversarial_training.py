@@ -10,8 +10,10 @@ import torch
 import yaml
 
 import cnnf
+from cnnf import checkpoint
 from cnnf.cli import main
 from cnnf.losses import LossWeights
+from cnnf.model_card import export_pretrained
 from cnnf.steps import Adversary, make_step
 from synthetic import make_fashion_dir
 
@@ -67,13 +69,36 @@ def test_bad_adversarial_settings(settings, needle):
         Adversary.from_config(model, settings)
 
 
-def test_adversarial_run_records_clean_and_adversarial_accuracy(tmp_path: Path):
+ADVERSARIAL = {"mode": "augmentation", "attack": "pgd7", "eps": 0.3, "target": "first"}
+
+
+def _adversarial_run(tmp_path: Path, **extra) -> Path:
     make_fashion_dir(tmp_path / "data", n_train=120, n_test=10)
     config = {"model": "paper_mnist", "iterations": 1, "epochs": 1, "batch_size": 32, "val_size": 40, "lr": 1e-4,
-              "threads": 1, "data_dir": str(tmp_path / "data"), "eval_batch_size": 40,
-              "adversarial": {"mode": "augmentation", "attack": "pgd7", "eps": 0.3, "target": "first"}}
+              "threads": 1, "data_dir": str(tmp_path / "data"), "eval_batch_size": 40, "adversarial": ADVERSARIAL, **extra}
     path = tmp_path / "adv.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 0
-    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    return tmp_path / "run"
+
+
+def test_adversarial_run_records_clean_and_adversarial_accuracy(tmp_path: Path):
+    record = json.loads((_adversarial_run(tmp_path) / "metrics.jsonl").read_text())
     assert 0 <= record["train_adv_acc"] <= 1 and 0 <= record["val_adv_acc"] <= 1 and record["train_acc"] is not None
+
+
+def test_model_card_of_an_adversarial_fine_tune(tmp_path: Path):
+    """The card names the training attack, its validation accuracy, the starting weights and
+    the paper's 90 adversarial epochs; the shipped file loads as the trained model."""
+    start = tmp_path / "start.pt"
+    checkpoint.save_atomic(checkpoint.model_state(cnnf.create_model("paper_mnist", iterations=1)), start)
+    run = _adversarial_run(tmp_path, init_from=str(start))
+    shipped = export_pretrained(run, "adv_tiny", "cnnf train --config configs/x.yaml", out_dir=tmp_path / "shipped")
+    text = (tmp_path / "shipped" / "adv_tiny.yaml").read_text()
+    card = yaml.safe_load(text)
+    assert card["adversarial_training"] == ADVERSARIAL and "&id" not in text
+    record = json.loads((run / "metrics.jsonl").read_text())
+    assert card["validation_adversarial_accuracy"] == record["val_adv_acc"]
+    assert f"starting from {start}" in card["epochs_note"] and "paper's 90" in card["epochs_note"]
+    trained, loaded = checkpoint.read(run / "model.pt")["model"], checkpoint.load_model(shipped).state_dict()
+    assert all(torch.equal(trained[k], loaded[k]) for k in trained)

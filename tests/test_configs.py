@@ -26,3 +26,15 @@ def test_config_builds(path):
     if config.adversarial is not None:
         Adversary.from_config(model, config.adversarial)
     assert f"configs/{path.name}" in path.read_text()  # the header gives the command that runs it
+
+
+@pytest.mark.parametrize("text, expected", [("1e-4", 1e-4), ("0.0001", 1e-4), ("3", 3.0)])
+def test_learning_rate_override_in_any_float_notation(text, expected):
+    """YAML 1.1 reads 1e-4 as a string; a float key takes it as the number it means."""
+    config = load_config(CONFIGS[0], [f"lr={text}"])
+    assert config.lr == expected and isinstance(config.lr, float | int)
+
+
+def test_a_word_for_a_float_is_still_refused():
+    with pytest.raises(ValueError, match="lr must be float"):
+        load_config(CONFIGS[0], ["lr=fast"])

@@ -76,6 +76,32 @@ def test_run_folder_contents(tiny_config: Path, tmp_path: Path):
     assert not list(run.glob("*.tmp"))
 
 
+def test_init_from_starts_from_the_given_weights(tiny_config: Path, tmp_path: Path):
+    """Fine-tuning: with a vanishing learning rate the run ends where its init_from source began."""
+    torch.manual_seed(123)
+    source = cnnf.create_model("paper_mnist", iterations=0)
+    (tmp_path / "source").mkdir()
+    checkpoint.save_atomic(checkpoint.model_state(source), tmp_path / "source" / "model.pt")
+    torch.manual_seed(0)
+    fresh = cnnf.create_model("paper_mnist", iterations=1).state_dict()
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tiny_config), "--out", str(run), "--set", "epochs=1",
+                 "--set", "lr=1e-12", "--set", f"init_from={tmp_path / 'source'}"]) == 0
+    tuned = _weights(run)
+    assert max((fresh[k] - source.state_dict()[k]).abs().max() for k in fresh) > 1e-2
+    assert all(torch.allclose(tuned[k], source.state_dict()[k], atol=1e-8) for k in tuned)
+
+
+@pytest.mark.parametrize("kind, needle", [("conv4", "another architecture"), ("missing", "neither a run folder")])
+def test_bad_init_from_is_refused_before_the_run_starts(tiny_config: Path, tmp_path: Path, capsys, kind, needle):
+    source = tmp_path / "conv4.pt"
+    if kind == "conv4":
+        checkpoint.save_atomic(checkpoint.model_state(cnnf.create_model("conv4_mnist")), source)
+    _one_line_error(capsys, ["train", "--config", str(tiny_config), "--out", str(tmp_path / "r"),
+                             "--set", f"init_from={source}"], needle)
+    assert not (tmp_path / "r").exists()
+
+
 def _one_line_error(capsys, args: list[str], needle: str) -> str:
     assert main(args) == 2
     err = capsys.readouterr().err.strip()

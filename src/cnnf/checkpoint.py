@@ -86,12 +86,30 @@ def pretrained_names() -> list[str]:
     return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
 
 
-def load_pretrained(name: str, **overrides) -> CNNF:
-    """A model trained by us and shipped with the package (see its model card, NAME.yaml)."""
+def pretrained_path(name: str) -> Path:
+    """The weights file of a shipped model, or CheckpointError listing the shipped ones."""
     path = PRETRAINED_DIR / f"{name}.pt"
     if not path.is_file():
         raise CheckpointError(f"no pretrained model {name!r}; available: {', '.join(pretrained_names()) or 'none'}")
-    return load_model(path, **overrides)
+    return path
+
+
+def source_path(source: str | Path) -> Path:
+    """A checkpoint named by a shipped model's name, a run folder (its model.pt) or a file path."""
+    path = Path(source)
+    if path.is_dir():
+        return path / "model.pt"
+    if path.is_file():
+        return path
+    if (PRETRAINED_DIR / f"{source}.pt").is_file():
+        return PRETRAINED_DIR / f"{source}.pt"
+    raise CheckpointError(f"{source} is neither a run folder, a checkpoint file nor a shipped model "
+                          f"({', '.join(pretrained_names()) or 'none shipped'}); check the path or the name")
+
+
+def load_pretrained(name: str, **overrides) -> CNNF:
+    """A model trained by us and shipped with the package (see its model card, NAME.yaml)."""
+    return load_model(pretrained_path(name), **overrides)
 
 
 def _describe(spec: dict) -> str:

@@ -115,12 +115,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def load_model_source(args: argparse.Namespace):
     """(model, saved training config) from a run folder or a pretrained name."""
-    if args.pretrained:
-        if args.pretrained not in checkpoint.pretrained_names():
-            checkpoint.load_pretrained(args.pretrained)  # raises, listing what is shipped
-        path = checkpoint.PRETRAINED_DIR / f"{args.pretrained}.pt"
-    else:
-        path = args.run_dir / "model.pt" if args.run_dir.is_dir() else args.run_dir
+    path = checkpoint.pretrained_path(args.pretrained) if args.pretrained else checkpoint.source_path(args.run_dir)
     state = checkpoint.read(path)
     return checkpoint.model_from_state(state, path), state.get("config", {})
 

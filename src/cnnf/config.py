@@ -42,6 +42,8 @@ class TrainConfig:
     eval_batch_size: int = 500
     tensorboard: bool = False
     adversarial: dict | None = None     # adversarial training (see cnnf.steps), None: off
+    init_from: str | None = None        # start from these weights (fine-tuning): a shipped
+                                        # model's name, a run folder or a checkpoint file
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -49,8 +51,10 @@ class TrainConfig:
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(fields)}")
+        hints = typing.get_type_hints(cls)
+        values = {key: _float_from_exponent(value, hints[key]) for key, value in values.items()}
         for key, value in values.items():
-            _check_type(key, value, typing.get_type_hints(cls)[key])
+            _check_type(key, value, hints[key])
         config = cls(**values)
         config.validate()
         return config
@@ -90,6 +94,17 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
 
 def save_config(config: TrainConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _float_from_exponent(value: object, hint: object) -> object:
+    """YAML 1.1 reads `1e-4` (no dot) as a string; read it as the float it means."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if float in allowed and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _check_type(key: str, value: object, hint: object) -> None:

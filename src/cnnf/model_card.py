@@ -13,7 +13,8 @@ from cnnf import checkpoint
 from cnnf.accuracy import accuracy_per_iteration
 from cnnf.data import load_dataset
 
-PAPER_EPOCHS = 30
+PAPER_EPOCHS = 30              # standard training (appendix B.1)
+PAPER_EPOCHS_ADVERSARIAL = 90  # adversarial training (appendix B.1)
 
 
 def export_pretrained(run_dir: str | Path, name: str, command: str, out_dir: Path = checkpoint.PRETRAINED_DIR) -> Path:
@@ -34,8 +35,9 @@ def export_pretrained(run_dir: str | Path, name: str, command: str, out_dir: Pat
         "data": {"dataset": config["dataset"], "train_images": _train_images(config),
                  "validation_images": config["val_size"], "test_images": 10000},
         "epochs": len(records),
-        "epochs_note": _epochs_note(len(records)),
+        "epochs_note": _epochs_note(len(records), config),
         "validation_accuracy": records[-1]["val_acc"],
+        **_adversarial_card(config, records[-1]),
         "test_accuracy": {"last": test["last"], "average": test["average"], "iterations": list(range(model.iterations + 1))},
         "train_images_per_s": records[-1]["images_per_s"],
         "command": command,
@@ -51,10 +53,22 @@ def _train_images(config: dict) -> int:
     return config["train_subset"] or 60000 - config["val_size"]
 
 
-def _epochs_note(epochs: int) -> str:
-    if epochs >= PAPER_EPOCHS:
-        return f"the paper's {PAPER_EPOCHS} epochs"
-    return f"{epochs} epochs instead of the paper's {PAPER_EPOCHS}: CPU time in the session that trained it allowed no more"
+def _epochs_note(epochs: int, config: dict) -> str:
+    paper = PAPER_EPOCHS_ADVERSARIAL if config.get("adversarial") else PAPER_EPOCHS
+    start = f", starting from {config['init_from']}" if config.get("init_from") else ""
+    if epochs >= paper:
+        return f"the paper's {paper} epochs{start}"
+    return (f"{epochs} epochs{start}, instead of the paper's {paper} from scratch: "
+            "CPU time in the session that trained it allowed no more")
+
+
+def _adversarial_card(config: dict, last_epoch: dict) -> dict:
+    """Card entries of an adversarially trained model: its training attack and the accuracy
+    on that attack's images (first 1000 validation images, last epoch)."""
+    if not config.get("adversarial"):
+        return {}
+    return {"adversarial_training": dict(config["adversarial"]),  # a copy: no YAML alias in the card
+            "validation_adversarial_accuracy": last_epoch["val_adv_acc"]}
 
 
 def git_revision() -> str:

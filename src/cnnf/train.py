@@ -73,12 +73,15 @@ def train(run_dir: str | Path, config: TrainConfig | None = None, resume: bool =
     run_dir = Path(run_dir)
     if config is not None and config.tensorboard:
         _summary_writer_class()  # fail before the run folder is created
+    initial = _initial_weights(config) if config is not None and not resume else None
     config = prepare_run(run_dir, config, resume, overwrite)
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     train_set, val_set = load_splits(config)
     model = build_model(config)
+    if initial is not None:
+        checkpoint.load_into(model, initial, config.init_from)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     weights = LossWeights(config.alpha_ce, config.alpha_rec, config.alpha_cll, config.alpha_norm)
     step_fn = make_step(model, optimizer, weights, config.adversarial)
@@ -94,6 +97,17 @@ def train(run_dir: str | Path, config: TrainConfig | None = None, resume: bool =
     final = run_dir / "model.pt"
     checkpoint.save_atomic({**checkpoint.model_state(model.eval()), "config": config.to_dict()}, final)
     return final
+
+
+def _initial_weights(config: TrainConfig) -> dict | None:
+    """The checkpoint named by `config.init_from`, read and checked against the configured
+    architecture before the run folder is made (None: start from a fresh initialisation)."""
+    if config.init_from is None:
+        return None
+    path = checkpoint.source_path(config.init_from)
+    state = checkpoint.read(path)
+    checkpoint.load_into(build_model(config), state, path)
+    return state
 
 
 def _train_epoch(run_dir, config, model, optimizer, step_fn, train_set, position, writer) -> None:
