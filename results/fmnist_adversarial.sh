@@ -19,9 +19,9 @@ train() {  # train NAME CONFIG INIT: train runs/NAME and ship it as pretrained N
     $cnnf train --config "configs/$2.yaml" --set "init_from=$3" $BUDGET --out "runs/$1" --overwrite
     $cnnf export "runs/$1" --name "$1" --command "$command"
 }
-evaluate() {  # evaluate NAME: PGD-40 transfer from the first pass, first 1000 test images
-    $cnnf evaluate --pretrained "$1" --attacks pgd40 --targets first --eps 0,0.1,0.2,0.3 \
-        --subset 1000 --out "results/$1.json" | tee "results/$1.txt"
+evaluate() {  # evaluate NAME: FGSM and PGD-40 transfer from the first pass, first 1000 test images
+    $cnnf evaluate --pretrained "$1" --attacks fgsm,pgd40 --targets first --eps 0,0.1,0.2,0.3 \
+        --subset 1000 --seeds 2 --out "results/$1.json" | tee "results/$1.txt"
 }
 
 # 1-4. Training (augmentation mode, eps 0.3) with FGSM and with PGD-40
@@ -29,10 +29,25 @@ if step 1; then train adv_fgsm_cnn_fmnist adv_fgsm_cnn_fmnist cnn_fmnist; fi
 if step 2; then train adv_pgd40_cnn_fmnist adv_pgd40_cnn_fmnist cnn_fmnist; fi
 if step 3; then train adv_fgsm_cnnf5_fmnist adv_fgsm_cnnf5_fmnist cnnf5_fmnist; fi
 if step 4; then train adv_pgd40_cnnf5_fmnist adv_pgd40_cnnf5_fmnist cnnf5_fmnist; fi
-# 5. Clean and PGD-40 accuracy of all four (figure 7: PGD-trained; figure 8a: FGSM-trained)
+# 5. Clean, FGSM and PGD-40 accuracy of all four (figure 7: tested with the training attack;
+#    figure 8a: trained with FGSM, tested with PGD-40)
 if step 5; then for name in adv_{fgsm,pgd40}_{cnn,cnnf5}_fmnist; do evaluate "$name"; done; fi
-# 6. Figures 7 (trained with PGD-40) and 8a (trained with FGSM), both tested with PGD-40
+# 6. Plots: FGSM-trained (FGSM panel: figure 7a; PGD-40 panel: figure 8a) and PGD-40-trained
+#    (PGD-40 panel: figure 7b), CNN and CNN-F-5 in each
 if step 6; then
-    $cnnf plot results/adv_pgd40_{cnn,cnnf5}_fmnist.json --out results/fig7_fmnist.png
-    $cnnf plot results/adv_fgsm_{cnn,cnnf5}_fmnist.json --out results/fig8a_fmnist.png
+    $cnnf plot results/adv_fgsm_{cnn,cnnf5}_fmnist.json --out results/fig7a_8a_fmnist.png
+    $cnnf plot results/adv_pgd40_{cnn,cnnf5}_fmnist.json --out results/fig7b_fmnist.png
+fi
+# 7. The PGD-40-trained CNN-F-5 attacked end to end (N = 5, last output; BPDA, early stop) at
+#    the training eps, first 500 test images: does first-pass transfer understate the attack?
+if step 7; then $cnnf evaluate --pretrained adv_pgd40_cnnf5_fmnist --attacks pgd40 --targets first,e2e --eps 0,0.3 \
+    --iterations 0,5 --subset 500 --out results/adv_pgd40_cnnf5_fmnist_e2e.json | tee results/adv_pgd40_cnnf5_fmnist_e2e.txt
+fi
+# 8. The PGD-40-trained CNN-F-5 and CNN under AutoAttack (standard) at the training eps, first 100
+#    test images; for CNN-F-5 on the full iterative model (N = 5, last output)
+if step 8; then
+    $cnnf evaluate --pretrained adv_pgd40_cnnf5_fmnist --attacks autoattack --targets e2e --eps 0,0.3 \
+        --iterations 5 --subset 100 --out results/adv_pgd40_cnnf5_fmnist_autoattack.json | tee results/adv_pgd40_cnnf5_fmnist_autoattack.txt
+    $cnnf evaluate --pretrained adv_pgd40_cnn_fmnist --attacks autoattack --targets e2e --eps 0,0.3 \
+        --subset 100 --out results/adv_pgd40_cnn_fmnist_autoattack.json | tee results/adv_pgd40_cnn_fmnist_autoattack.txt
 fi

@@ -11,7 +11,8 @@ from cnnf import checkpoint
 from cnnf.accuracy import accuracy_per_iteration
 from cnnf.data import DataError, load_dataset
 
-REQUIRED = ("cnn_fmnist", "cnnf5_fmnist")
+REQUIRED = ("cnn_fmnist", "cnnf5_fmnist",
+            "adv_fgsm_cnn_fmnist", "adv_fgsm_cnnf5_fmnist", "adv_pgd40_cnn_fmnist", "adv_pgd40_cnnf5_fmnist")
 CARD_KEYS = {"architecture", "settings", "data", "epochs", "epochs_note", "validation_accuracy", "test_accuracy", "command"}
 
 

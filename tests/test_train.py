@@ -161,6 +161,8 @@ def test_errors_print_no_traceback(tmp_path: Path):
 def test_list_models():
     result = _cli("list-models")
     assert result.returncode == 0 and "paper_mnist" in result.stdout and "conv4_mnist" in result.stdout
+    line = next(line for line in result.stdout.splitlines() if "adv_pgd40_cnnf5_fmnist" in line)
+    assert "from cnnf5_fmnist, adversarial pgd40 eps 0.3" in line
 
 
 def test_tensorboard_logging_or_a_clear_error(tiny_config: Path, tmp_path: Path, capsys):

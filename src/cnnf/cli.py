@@ -200,8 +200,18 @@ def _list_models(args: argparse.Namespace) -> int:
     for name in checkpoint.pretrained_names():
         card = yaml.safe_load((checkpoint.PRETRAINED_DIR / f"{name}.yaml").read_text())
         print(f"  {name}: {card['architecture']} N = {card['settings']['iterations']}, {card['data']['dataset']}, "
-              f"{card['epochs']} epochs, test accuracy {100 * card['test_accuracy']['last'][-1]:.2f}%")
+              f"{_training_summary(card)}, test accuracy {100 * card['test_accuracy']['last'][-1]:.2f}%")
     return 0
+
+
+def _training_summary(card: dict) -> str:
+    """E.g. "2 epochs from cnn_fmnist, adversarial fgsm eps 0.3"."""
+    summary = f"{card['epochs']} epochs"
+    if card["training_config"].get("init_from"):
+        summary += f" from {card['training_config']['init_from']}"
+    if card.get("adversarial_training"):
+        summary += f", adversarial {card['adversarial_training']['attack']} eps {card['adversarial_training']['eps']}"
+    return summary
 
 
 if __name__ == "__main__":
