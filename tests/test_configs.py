@@ -35,6 +35,7 @@ def test_learning_rate_override_in_any_float_notation(text, expected):
     assert config.lr == expected and isinstance(config.lr, float | int)
 
 
-def test_a_word_for_a_float_is_still_refused():
-    with pytest.raises(ValueError, match="lr must be float"):
-        load_config(CONFIGS[0], ["lr=fast"])
+@pytest.mark.parametrize("text, needle", [("fast", "lr must be float"), ("nan", "finite"), ("inf", "finite"), ("-1e-3", "> 0")])
+def test_a_learning_rate_that_is_not_a_positive_number_is_refused(text, needle):
+    with pytest.raises(ValueError, match=needle):
+        load_config(CONFIGS[0], [f"lr={text}"])
