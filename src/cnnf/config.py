@@ -99,8 +99,7 @@ def save_config(config: TrainConfig, path: Path) -> None:
 
 def _float_from_exponent(value: object, hint: object) -> object:
     """YAML 1.1 reads `1e-4` (no dot) as a string; read it as the float it means."""
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if float in allowed and isinstance(value, str):
+    if float in _allowed_types(hint) and isinstance(value, str):
         try:
             return float(value)
         except ValueError:
@@ -108,9 +107,13 @@ def _float_from_exponent(value: object, hint: object) -> object:
     return value
 
 
+def _allowed_types(hint: object) -> tuple:
+    """The types a field's hint admits: (int,) for `int`, (str, NoneType) for `str | None`."""
+    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+
+
 def _check_type(key: str, value: object, hint: object) -> None:
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    allowed = tuple(type(None) if a is None else a for a in allowed)
+    allowed = _allowed_types(hint)
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
         return
     if isinstance(value, bool) and bool not in allowed:
