@@ -14,6 +14,8 @@ What is measured (see benchmarks/README.md for how to read the results):
     throughput  training-step and inference images/s for N feedback iterations, per model
     attacks     PGD-7 images/s, end to end through the N-iteration model and from the first pass
     memory      peak RSS of a training step, in a fresh subprocess per (model, N)
+    allocator   inference images/s in fresh processes with glibc's malloc defaults and with
+                cnnf.allocator.keep_freed_memory() (which the rest of the run uses, as `cnnf` does)
 
 Each throughput is turned into achieved GFLOP/s with an analytic multiply-accumulate (MAC)
 count, compared with the matching ceiling, and the cost of N iterations is compared with what
@@ -34,18 +36,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import cnnf
+from cnnf.allocator import keep_freed_memory
 from cnnf.layers import Conv2d, Linear
 from cnnf.losses import cnnf_loss
 from cnnf.model import CNNF
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET_OVERHEAD = 1.2
 """The project's target: N iterations cost at most 1.2x what their MAC count predicts."""
@@ -53,6 +56,8 @@ ATTACK_STEPS = 7
 ATTACK_EPS = 0.3
 """L-infinity radius in [0, 1] pixel units (the usual MNIST budget)."""
 ATTACK_SOURCES = ("e2e", "first")
+MALLOC_MODES = ("default", "kept")
+"""glibc's malloc as it starts, and after cnnf.allocator.keep_freed_memory()."""
 MEMORY_PROBE_STEPS = 2
 """Training steps a memory probe runs (see `memory_probe`)."""
 MEMORY_METHOD = (
@@ -84,6 +89,7 @@ class Settings:
     models: tuple[str, ...]
     matmul_size: int
     quick: bool
+    keep_freed_memory: bool = False  # cnnf.allocator.keep_freed_memory() was applied (as `cnnf` does)
 
     @property
     def calls(self) -> int:
@@ -361,19 +367,41 @@ def memory_probe(name: str, iterations: int, batch: int, threads: int) -> dict:
     }
 
 
+def run_probe(probe: Sequence[str], s: Settings) -> dict:
+    """This script's JSON answer to `--<probe>` in a fresh subprocess, or {"error": last stderr line}."""
+    command = [sys.executable, str(Path(__file__).resolve()), *probe, "--batch", str(s.batch), "--threads", str(s.threads)]
+    command += ["--warmup", str(s.warmup), "--repeats", str(s.repeats), "--steps", str(s.steps)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def measure_memory(name: str, s: Settings) -> dict:
     """One fresh subprocess per N running `memory_probe` (this script's --memory-probe)."""
     started = time.perf_counter()
-    rows = []
-    for n in s.iterations:
-        command = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", name, str(n)]
-        command += ["--batch", str(s.batch), "--threads", str(s.threads)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            rows.append({"iterations": n, "error": (done.stderr.strip().splitlines() or ["no output"])[-1]})
-        else:
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    rows = [{"iterations": n, **run_probe(["--memory-probe", name, str(n)], s)} for n in s.iterations]
     return {"method": MEMORY_METHOD, "steps": MEMORY_PROBE_STEPS, "rows": rows, "wall_s": time.perf_counter() - started}
+
+
+def allocator_probe(name: str, iterations: int, malloc: str, s: Settings) -> dict:
+    """Run inside a fresh process, whose malloc no large block has tuned yet (as in a `cnnf`
+    command): inference images/s with glibc's defaults or with `keep_freed_memory()`."""
+    applied = keep_freed_memory() if malloc == "kept" else False
+    torch.set_num_threads(s.threads)
+    torch.manual_seed(0)
+    seconds = seconds_per_call(inference_step(cnnf.create_model(name, iterations=iterations), s.batch),
+                               s.warmup, s.repeats, s.steps)
+    return {"malloc": malloc, "applied": applied, "images_per_s": rate(s.batch, seconds)}
+
+
+def measure_allocator(name: str, s: Settings) -> dict:
+    """Inference at the largest N in two fresh processes: glibc's malloc defaults, then
+    cnnf.allocator.keep_freed_memory(). This process cannot show the difference: the
+    ceilings' large blocks have already raised glibc's adaptive mmap threshold here."""
+    n = max(s.iterations)
+    rows = [{"malloc": m, **run_probe(["--allocator-probe", name, str(n), m], s)} for m in MALLOC_MODES]
+    return {"iterations": n, "rows": rows}
 
 
 # --- Machine -----------------------------------------------------------------------------------
@@ -443,6 +471,7 @@ def run_benchmarks(s: Settings) -> dict:
             "inference": measure_throughput(name, "inference", forward_ceiling, s),
             "attacks": measure_attacks(name, backward_ceiling, s),
             "memory": measure_memory(name, s),
+            "allocator": measure_allocator(name, s),
         }
     report["machine"]["load_average_end"] = list(os.getloadavg())
     report["warnings"] = load_warnings(report["machine"])
@@ -527,6 +556,7 @@ def machine_markdown(report: dict) -> list[str]:
          f"start {fmt_load(m['load_average_start'])}, end {fmt_load(m['load_average_end'])}"),
         ("settings", f"batch {s['batch']}, {s['repeats']} runs x {s['steps']} steps after {s['warmup']} warm-up"
                      + (" (quick smoke run)" if s["quick"] else "")),
+        ("malloc", "freed memory kept (cnnf.allocator)" if s.get("keep_freed_memory", False) else "allocator defaults"),
         ("elapsed", f"{report['elapsed_s']:.0f} s"),
     ]
     lines = ["## Machine", "", *table(("", ""), rows), ""]
@@ -595,10 +625,23 @@ def memory_markdown(report: dict) -> list[str]:
     return ["## Peak memory of a training step", "", *table(header, rows), "", method, ""]
 
 
+def allocator_markdown(report: dict) -> list[str]:
+    header = ("model", "N", "glibc defaults img/s", "freed memory kept img/s", "speed-up")
+    rows = []
+    for name, result in report["models"].items():
+        default, kept = (row.get("images_per_s") for row in result["allocator"]["rows"])
+        speedup = fmt(kept["median"] / default["median"], 2) if default and kept else "failed"
+        rows.append((name, str(result["allocator"]["iterations"]), fmt_stats(default) if default else "failed",
+                     fmt_stats(kept) if kept else "failed", speedup))
+    note = ("Inference, each in a fresh process (as a `cnnf` command runs); `cnnf` and this benchmark "
+            "call `cnnf.allocator.keep_freed_memory()`.")
+    return ["## Allocator: inference in a fresh process", "", *table(header, rows), "", note, ""]
+
+
 def to_markdown(report: dict) -> str:
     lines = [f"# cnnf benchmark {report['date']}", ""]
     lines += machine_markdown(report) + ceilings_markdown(report) + throughput_markdown(report)
-    lines += attacks_markdown(report) + memory_markdown(report)
+    lines += attacks_markdown(report) + memory_markdown(report) + allocator_markdown(report)
     if "full_run_estimate_s" in report:
         lines.append(f"Estimated time of the full default run: {report['full_run_estimate_s'] / 60:.0f} min "
                      "(scaled from this run; small batches and a busy machine make it an overestimate).")
@@ -638,6 +681,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--matmul-size", type=int, help="size of the square matmul ceiling (default 2048)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder (default benchmarks/results)")
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 8, 1 repeat, N in {0, 1}, matmul 512")
+    parser.add_argument("--allocator-probe", nargs=3, metavar=("MODEL", "N", "MALLOC"), help=argparse.SUPPRESS)
     parser.add_argument("--memory-probe", nargs=2, metavar=("MODEL", "N"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -653,11 +697,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.allocator_probe:
+        name, n, malloc = args.allocator_probe
+        print(json.dumps(allocator_probe(name, int(n), malloc, settings_from(args))))
+        return
+    malloc_tuned = keep_freed_memory()
     if args.memory_probe:
         name, n = args.memory_probe
         print(json.dumps(memory_probe(name, int(n), args.batch or FULL_DEFAULTS["batch"], args.threads)))
         return
-    report = run_benchmarks(settings_from(args))
+    report = run_benchmarks(replace(settings_from(args), keep_freed_memory=malloc_tuned))
     paths = write_report(report, args.out)
     print(to_markdown(report))
     print("wrote " + ", ".join(str(p) for p in paths))

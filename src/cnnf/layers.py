@@ -138,15 +138,19 @@ class AdaReLU(FeedbackLayer):
     first pass and z_R = 1(f * g > 0) when driven by feedback g. Feedback: z * g.
 
     Eq. 3 prints ReLU(-f) for g < 0; the MAP derivation (eq. 18, Lemma A.1) passes z * f,
-    which is what the generative-classifier identity test pins down."""
+    which is what the generative-classifier identity test pins down.
+
+    z_R is stored as 0/1 values of f's dtype, not bool: multiplying by a same-dtype mask is
+    about twice as fast on CPU as by a bool one (no per-element cast), and a mask is applied
+    once per pass in each direction. It carries no gradient (it is piecewise constant)."""
 
     adaptive = True
 
     def forward(self, f: Tensor, drive: Tensor | None = None) -> tuple[Tensor, Latent]:
         if drive is None:
             out = F.relu(f)
-            return out, out > 0
-        mask = f * drive > 0
+            return out, out.detach().sign()  # relu output >= 0, so its sign is 1(f > 0)
+        mask = (f.detach() * drive.detach()).gt_(0)  # in place on a float: 0/1 in f's dtype
         return f * mask, mask
 
     def feedback(self, g: Tensor, latent: Latent) -> Tensor:
@@ -169,7 +173,7 @@ class AdaPool(FeedbackLayer):
     def forward(self, f: Tensor, drive: Tensor | None = None) -> tuple[Tensor, Latent]:
         if drive is None:
             return F.max_pool2d(f, self.size, return_indices=True)
-        sign = torch.where(drive >= 0, 1.0, -1.0).to(f.dtype)
+        sign = drive.detach().ge(0).to(f.dtype) * 2 - 1  # +1 / -1; faster than torch.where
         b, c, h, w = sign.shape
         r = self.size
         # every r x r window times its sign, by broadcasting (B, C, h, r, w, r) * (B, C, h, 1, w, 1)
