@@ -3,8 +3,8 @@
 CNN-F allocates and frees feature maps of 10-20 MB many times per step. By default glibc
 serves blocks that large with a fresh `mmap` (and returns them with `munmap`), or trims the
 heap when its free top grows, so every new map is page-faulted in again: measured on the
-2-core development machine, CNN-F-5 inference (batch 128) ran 10-15 % faster with that
-turned off (benchmarks/README.md). PyTorch's CPU tuning guide makes the same point by
+2-core development machine, CNN-F-5 inference (batch 128) in a fresh process ran 1.19-1.27x
+faster with that turned off (benchmarks/README.md, "Allocator"). PyTorch's CPU tuning guide makes the same point by
 recommending jemalloc or tcmalloc; this is the same effect with the allocator already loaded.
 
 The cost: the process's resident memory stays at its peak instead of shrinking between steps.

@@ -28,7 +28,7 @@ USER_ERRORS = (ConfigError, DataError, checkpoint.CheckpointError, RunFolderErro
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    keep_freed_memory()  # 10-15 % faster CPU steps; see cnnf.allocator
+    keep_freed_memory()  # faster CPU steps in a fresh process; see cnnf.allocator
     try:
         return args.handler(args)
     except USER_ERRORS as error:

@@ -173,7 +173,7 @@ class AdaPool(FeedbackLayer):
     def forward(self, f: Tensor, drive: Tensor | None = None) -> tuple[Tensor, Latent]:
         if drive is None:
             return F.max_pool2d(f, self.size, return_indices=True)
-        sign = drive.detach().ge(0).to(f.dtype) * 2 - 1  # +1 / -1; faster than torch.where
+        sign = drive.ge(0).to(f.dtype) * 2 - 1  # +1 / -1; faster than torch.where
         b, c, h, w = sign.shape
         r = self.size
         # every r x r window times its sign, by broadcasting (B, C, h, r, w, r) * (B, C, h, 1, w, 1)
