@@ -107,6 +107,26 @@ def test_interrupted_run_resumes_at_its_batch(tiny, tmp_path: Path, monkeypatch)
     assert [r["accuracies"] for r in resumed["rows"]] == [r["accuracies"] for r in reference["rows"]]
 
 
+def test_sweep_run_in_pieces_merges_into_the_whole(tiny, tmp_path: Path, monkeypatch):
+    """A piece of a sweep (other eps, run in another process) keeps its progress file; the
+    whole sweep takes the piece's runs from it instead of attacking again."""
+    torch.set_num_threads(1)
+    model, images, _ = tiny
+    sweep = lambda eps: Sweep(parse_attacks("fgsm"), ["first", "e2e"], eps, [0, 1], batch_size=20)  # noqa: E731
+    reference = run_sweep(model, images, sweep([0.05, 0.1]))
+    piece = tmp_path / "piece.progress.pt"
+    run_sweep(model, images, sweep([0.1]), progress=piece, keep_progress=True)
+    assert piece.exists()
+    log = _interrupt_third_call(monkeypatch, "_attack_run", lambda args: args[5])
+    whole = run_sweep(model, images, sweep([0.05, 0.1]), progress=tmp_path / "whole.progress.pt", pieces=(piece,))
+    assert sorted(log) == [(0, "fgsm", "e2e", 0.05), (0, "fgsm", "first", 0.05)]  # 0.1 came from the piece
+    assert whole["meta"]["resumed_runs"] == 2
+    assert [r["accuracies"] for r in whole["rows"]] == [r["accuracies"] for r in reference["rows"]]
+    other = Sweep(parse_attacks("fgsm"), ["first"], [0.1], [0, 1], batch_size=10)  # another batch size
+    with pytest.raises(SweepProgressError, match="different sweep"):
+        run_sweep(model, images, other, pieces=(piece,))
+
+
 def test_progress_of_another_sweep_is_refused(tiny, tmp_path: Path):
     model, images, _ = tiny
     progress = tmp_path / "sweep.progress.pt"
@@ -142,10 +162,15 @@ def test_evaluate_command_writes_results_and_plot(tiny, tmp_path: Path, capsys):
     assert {"meta", "clean", "rows", "sanity"} <= result.keys()
     assert result["meta"]["git_revision"] and out.with_suffix(".png").stat().st_size > 0
     assert "sanity checks" in capsys.readouterr().out
+    piece = tmp_path / "piece.json"  # a piece run with --keep-progress, merged by the whole sweep
+    assert main([*args[:7], "0.1", "--out", str(piece), "--keep-progress"]) == 0
+    assert piece.with_suffix(".progress.pt").exists()
+    assert main([*args, "--merge", str(piece.with_suffix(".progress.pt"))]) == 0
+    assert json.loads(out.read_text())["meta"]["resumed_runs"] == 1
 
 
 @pytest.mark.parametrize("flag, value, needle", [("--attacks", "pgd,cw", "unknown"), ("--targets", "last", "unknown target"),
-                                                  ("--eps", "0,a", "--eps")])
+                                                  ("--eps", "0,a", "--eps"), ("--merge", "nowhere.progress.pt", "no progress file")])
 def test_evaluate_bad_arguments(tiny, capsys, flag, value, needle):
     _, _, run = tiny
     assert main(["evaluate", str(run), flag, value]) == 2

@@ -93,6 +93,14 @@ def test_adapool_map_latent_hand_built():
     assert back.tolist() == [[[[0.0, 0.0, 0.0, 20.0], [0.0, 10.0, 0.0, 0.0]]]]
 
 
+def test_adapool_zero_drive_takes_the_max():
+    """g = 0 counts as g >= 0, including -0.0 (a masked negative feedback value is -0.0)."""
+    f = torch.tensor([[[[1.0, 2.0, 5.0, -1.0],
+                        [3.0, 4.0, 0.0, 2.0]]]])
+    out, _ = layers.AdaPool(2, (2, 4))(f, torch.tensor([[[[0.0, -0.0]]]]))
+    assert out.tolist() == [[[[4.0, 5.0]]]]
+
+
 def test_adapool_picks_argmax_or_argmin_in_every_window():
     f, drive = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4)
     out, index = layers.AdaPool(2, (8, 8))(f, drive)

@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="attack seeds (random starts); mean and std over them")
     p.add_argument("--cnn", type=Path, help="run folder or checkpoint of a CNN for --targets cnn")
     p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--merge", dest="pieces", action="append", type=Path, default=[], metavar="PROGRESS_FILE",
+                   help="take finished runs from the progress file of a piece of this sweep run elsewhere "
+                        "(same command with other --eps or --attacks and another --out); repeatable")
+    p.add_argument("--keep-progress", action="store_true",
+                   help="keep OUT.progress.pt when the sweep completes, to --merge it into a larger sweep")
     p.add_argument("--no-early-stop", action="store_true",
                    help="run every PGD step on every image (default: e2e PGD keeps each image's first misclassified iterate)")
     p.add_argument("--dataset", help="default: the dataset the model was trained on")
@@ -156,8 +161,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     progress = out.with_suffix(".progress.pt")
     if progress.exists():
         print(f"resuming the sweep saved in {progress}", file=sys.stderr)
+    missing = [str(p) for p in args.pieces if not p.is_file()]
+    if missing:
+        raise ValueError(f"--merge: no progress file {', '.join(missing)} (pieces write OUT.progress.pt until they finish)")
     result = run_sweep(model, test_set, sweep, cnn=cnn, progress=progress,
-                       report=lambda line: print(line, file=sys.stderr, flush=True))
+                       report=lambda line: print(line, file=sys.stderr, flush=True), pieces=tuple(args.pieces),
+                       keep_progress=args.keep_progress)
     result["meta"]["model"] = args.pretrained or str(args.run_dir)
     out.write_text(json.dumps(result, indent=1))
     print(format_table(result))

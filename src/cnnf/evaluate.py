@@ -55,6 +55,8 @@ def run_sweep(
     cnn: CNNF | None = None,
     progress: Path | None = None,
     report: Callable[[str], None] | None = None,
+    pieces: tuple[Path, ...] = (),
+    keep_progress: bool = False,
 ) -> dict:
     """Run `sweep` on `images`; returns {"meta", "clean", "rows", "sanity"}.
 
@@ -62,10 +64,15 @@ def run_sweep(
     again with the same file, model, images and settings skips what is already there. The file
     is deleted when the sweep completes.
     report: called with one line per finished attack run (e.g. print, for long sweeps).
+    pieces: progress files of parts of this same sweep run in other processes (e.g. other eps
+    on another core); their finished runs are taken instead of being run again.
+    keep_progress: keep the progress file when the sweep completes (a piece to merge later).
     """
     model.eval()
     sweep.attacked_iterations, sweep.attacked_output = model.iterations, model.output
     saved = SweepProgress(progress, _fingerprint(model, images, sweep, cnn))
+    for piece in pieces:
+        saved.absorb(piece)
     clean = _robust_flags(model, images, sweep, adversary=None)
     survived: dict[tuple, list[torch.Tensor]] = {}  # (attack, target, eps, t, mode) -> per seed flags
     seconds: dict[tuple, float] = {}
@@ -92,7 +99,8 @@ def run_sweep(
     result = {"meta": _meta(model, images, sweep), "clean": clean_acc, "rows": rows}
     result["sanity"] = sanity_checks(result, model, images, sweep, cnn)
     result["meta"]["resumed_runs"] = len(saved.resumed)
-    saved.finish()
+    if not keep_progress:
+        saved.finish()
     return result
 
 

@@ -74,6 +74,23 @@ class SweepProgress:
         self.in_progress = None
         self._save()
 
+    def absorb(self, path: Path) -> list[str]:
+        """Take the finished runs of another progress file of the same sweep (a piece of it run
+        in parallel, e.g. with other --eps); runs already here are kept. Returns the runs taken."""
+        state = _load(path)
+        if state.get("fingerprint") != self.fingerprint:
+            raise SweepProgressError(
+                f"{path} holds the progress of a different sweep (other model, images or settings); "
+                "only pieces of the same sweep (same model, images, attacks, iterations, batch size) can be merged"
+            )
+        taken = [name for name in state["runs"] if name not in self.runs]
+        self.runs.update({name: state["runs"][name] for name in taken})
+        if self.in_progress is not None and self.in_progress["run"] in self.runs:
+            self.in_progress = None
+        self.resumed += taken
+        self._save()
+        return taken
+
     def _save(self) -> None:
         if self.path is not None:
             state = {"fingerprint": self.fingerprint, "runs": self.runs, "in_progress": self.in_progress}
