@@ -130,7 +130,9 @@ class _RMSNormHW(torch.autograd.Function):
     def backward(ctx, dy: Tensor) -> tuple[Tensor, None]:
         y, r = ctx.saved_tensors
         dot = (dy * y).mean((-2, -1), keepdim=True)
-        return r * dy - (r * dot) * y, None
+        # r * (dy - dot * y) as one fused multiply-add and an in-place scaling: two passes over
+        # the map instead of four (half the time of the training step's slowest elementwise op)
+        return torch.addcmul(dy, y, dot, value=-1).mul_(r), None
 
 
 class AdaReLU(FeedbackLayer):
