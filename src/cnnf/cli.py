@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--merge", dest="pieces", action="append", type=Path, default=[], metavar="PROGRESS_FILE",
                    help="take finished runs from the progress file of a piece of this sweep run elsewhere "
-                        "(same command with other --eps or --attacks and another --out); repeatable")
+                        "(the same command with other --eps or --targets and another --out); repeatable")
     p.add_argument("--keep-progress", action="store_true",
                    help="keep OUT.progress.pt when the sweep completes, to --merge it into a larger sweep")
     p.add_argument("--no-early-stop", action="store_true",
