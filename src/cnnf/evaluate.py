@@ -70,6 +70,7 @@ def run_sweep(
     """
     model.eval()
     sweep.attacked_iterations, sweep.attacked_output = model.iterations, model.output
+    meta = _meta(model, images, sweep)  # git revision and date of the code that starts the sweep
     saved = SweepProgress(progress, _fingerprint(model, images, sweep, cnn))
     for piece in pieces:
         saved.absorb(piece)
@@ -96,7 +97,7 @@ def run_sweep(
     rows = [_row(key, flags, sweep, seconds) for key, flags in survived.items()]
     rows += _worst_case_rows(survived, sweep)
     clean_acc = {f"{t}/{mode}": f.double().mean().item() for (t, mode), f in clean.items()}
-    result = {"meta": _meta(model, images, sweep), "clean": clean_acc, "rows": rows}
+    result = {"meta": meta, "clean": clean_acc, "rows": rows}
     result["sanity"] = sanity_checks(result, model, images, sweep, cnn)
     result["meta"]["resumed_runs"] = len(saved.resumed)
     if not keep_progress:
