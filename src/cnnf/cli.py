@@ -161,9 +161,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     progress = out.with_suffix(".progress.pt")
     if progress.exists():
         print(f"resuming the sweep saved in {progress}", file=sys.stderr)
-    missing = [str(p) for p in args.pieces if not p.is_file()]
-    if missing:
-        raise ValueError(f"--merge: no progress file {', '.join(missing)} (pieces write OUT.progress.pt until they finish)")
     result = run_sweep(model, test_set, sweep, cnn=cnn, progress=progress,
                        report=lambda line: print(line, file=sys.stderr, flush=True), pieces=tuple(args.pieces),
                        keep_progress=args.keep_progress)

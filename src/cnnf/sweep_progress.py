@@ -37,12 +37,7 @@ class SweepProgress:
         self.in_progress: dict | None = None  # {"run", "batches": {index: flags}, "seconds"}
         self.resumed: list[str] = []  # runs read back from the file
         if path is not None and path.exists():
-            state = _load(path)
-            if state.get("fingerprint") != fingerprint:
-                raise SweepProgressError(
-                    f"{path} holds the progress of a different sweep (other model, images or settings); "
-                    "delete it to start afresh, or rerun the command that made it"
-                )
+            state = _load(path, fingerprint, "delete it to start afresh, or rerun the command that made it")
             self.runs = state["runs"]
             self.in_progress = state.get("in_progress")
             self.resumed = list(self.runs)
@@ -74,22 +69,17 @@ class SweepProgress:
         self.in_progress = None
         self._save()
 
-    def absorb(self, path: Path) -> list[str]:
+    def absorb(self, path: Path) -> None:
         """Take the finished runs of another progress file of the same sweep (a piece of it run
-        in parallel, e.g. with other --eps); runs already here are kept. Returns the runs taken."""
-        state = _load(path)
-        if state.get("fingerprint") != self.fingerprint:
-            raise SweepProgressError(
-                f"{path} holds the progress of a different sweep (other model, images or settings); "
-                "only pieces of the same sweep (same model, images, attacks, iterations, batch size) can be merged"
-            )
+        in parallel, e.g. with other --eps); runs already here are kept."""
+        hint = "only pieces of the same sweep (same model, images, attacks, iterations, batch size) can be merged"
+        state = _load(path, self.fingerprint, hint)
         taken = [name for name in state["runs"] if name not in self.runs]
         self.runs.update({name: state["runs"][name] for name in taken})
         if self.in_progress is not None and self.in_progress["run"] in self.runs:
             self.in_progress = None
         self.resumed += taken
         self._save()
-        return taken
 
     def _save(self) -> None:
         if self.path is not None:
@@ -111,13 +101,18 @@ def fingerprint(models: list[torch.nn.Module], images: torch.Tensor, labels: tor
     return digest.hexdigest()
 
 
-def _load(path: Path) -> dict:
+def _load(path: Path, fingerprint: str, hint: str) -> dict:
+    """The state saved in `path`, checked to belong to the sweep `fingerprint` (else `hint`)."""
+    if not path.is_file():
+        raise SweepProgressError(f"no progress file {path} (a sweep writes OUT.progress.pt until it completes)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for truncated or foreign files
         raise SweepProgressError(f"{path} is corrupt ({type(error).__name__}); delete it to start the sweep afresh") from None
     if not isinstance(state, dict) or "runs" not in state:
         raise SweepProgressError(f"{path} is not a sweep progress file; delete it to start the sweep afresh")
+    if state.get("fingerprint") != fingerprint:
+        raise SweepProgressError(f"{path} holds the progress of a different sweep (other model, images or settings); {hint}")
     return state
 
 
