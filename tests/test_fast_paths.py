@@ -1,17 +1,21 @@
 """The optimised layers compute what their straightforward versions compute (issue 7).
 
 The library's layers are written for speed: channels-last feature maps, masks applied by
-multiplication, a fused instance-norm backward. Here every layer is swapped for the plain
-NCHW implementation (torch.where masks, F.rms_norm with autograd's own backward, NCHW
-pooling) and the full iterative model, its loss and its gradients are compared in float64.
+multiplication, a fused instance-norm backward, and the compiled kernels of `cnnf.fused`
+(instance norm + bias + AdaReLU in one sweep, AdaPool in one pass). Here every layer is swapped
+for the plain NCHW implementation (torch.where masks, F.rms_norm with autograd's own backward,
+NCHW pooling, no kernels) and the full iterative model, its loss and its gradients are compared
+in float64, with the kernels and with the layers' own torch code.
 """
+
+import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import cnnf
-from cnnf import layers
+from cnnf import fused, layers
 from cnnf.layers import _RMSNormHW
 from cnnf.losses import cnnf_loss
 
@@ -49,7 +53,12 @@ def _plain_feedback(layer, g, latent):
     return type(layer).feedback(layer, g, latent)
 
 
+def _without_kernels(monkeypatch):
+    monkeypatch.setattr(fused, "accepts", lambda *maps: False)
+
+
 def _use_plain_layers(model, monkeypatch):
+    _without_kernels(monkeypatch)
     for layer in model.layers:
         monkeypatch.setattr(layer, "forward", lambda f, drive=None, layer=layer: _plain_forward(layer, f, drive))
         monkeypatch.setattr(layer, "feedback", lambda g, latent, layer=layer: _plain_feedback(layer, g, latent))
@@ -66,8 +75,11 @@ def _loss_and_gradients(model, x, y):
     ]
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch-layers"])
 @pytest.mark.parametrize("name", cnnf.list_models())
-def test_optimised_layers_match_the_plain_implementation(name, monkeypatch):
+def test_optimised_layers_match_the_plain_implementation(name, kernels, monkeypatch):
+    if not kernels:
+        _without_kernels(monkeypatch)
     torch.manual_seed(0)
     model = cnnf.create_model(name, iterations=3).double()
     for p in model.parameters():
@@ -83,13 +95,29 @@ def test_optimised_layers_match_the_plain_implementation(name, monkeypatch):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_comparison_catches_a_wrong_fused_gradient(monkeypatch):
-    """The comparison above can fail: a norm backward missing its projection term is caught."""
+def _masks_ignored(ctx, d_out, d_mask):
+    """A plausible kernel bug: the backward forgets the ReLU mask."""
+    f, r, _ = ctx.saved_tensors
+    d_f, d_b = fused._extension().norm_bias_relu_backward(d_out, f, r, torch.empty(0))
+    return d_f, (d_b.sum(0) if ctx.has_bias else None), None, None, None
+
+
+def _projection_dropped(ctx, dy):
+    """A plausible bug of the torch norm backward: the projection term is missing."""
+    return ctx.saved_tensors[1] * dy, None
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch-layers"])
+def test_comparison_catches_a_wrong_fused_gradient(kernels, monkeypatch):
+    """The comparison above can fail: a wrong backward of either fast path is caught."""
     torch.manual_seed(0)
     model = cnnf.create_model("paper_mnist", iterations=1).double()
     x, y = torch.rand(2, 1, 28, 28, dtype=torch.float64) * 2 - 1, torch.tensor([1, 2])
-    truncated = lambda ctx, dy: (ctx.saved_tensors[1] * dy, None)  # noqa: E731
-    monkeypatch.setattr(_RMSNormHW, "backward", staticmethod(truncated))
+    if kernels:
+        monkeypatch.setattr(fused._NormBiasReLU, "backward", staticmethod(_masks_ignored))
+    else:
+        _without_kernels(monkeypatch)
+        monkeypatch.setattr(_RMSNormHW, "backward", staticmethod(_projection_dropped))
     fast = _loss_and_gradients(model, x, y)
     _use_plain_layers(model, monkeypatch)
     plain = _loss_and_gradients(model, x, y)
@@ -108,3 +136,9 @@ def test_feature_maps_are_channels_last():
     run = model.infer(torch.rand(2, 1, 28, 28, dtype=torch.float64), keep_activations=True)
     maps = [a for step in run.activations for a in step if a is not None and a.dim() == 4]
     assert maps and all(a.is_contiguous(memory_format=torch.channels_last) for a in maps)
+
+
+@pytest.mark.skipif(os.environ.get("CNNF_FUSED") == "0", reason="kernels switched off with CNNF_FUSED=0")
+def test_kernels_are_built_where_the_tests_run():
+    """`make setup` builds the kernels; without this the kernel tests would compare torch with torch."""
+    assert fused.available()

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cnnf import fused
+
 Latent = Tensor | None
 
 
@@ -105,10 +107,15 @@ class InstanceNorm(FeedbackLayer):
         self.eps = eps
 
     def forward(self, f: Tensor, drive: Tensor | None = None) -> tuple[Tensor, Latent]:
-        return _RMSNormHW.apply(f, self.eps), None
+        return self._normalise(f), None
 
     def feedback(self, g: Tensor, latent: Latent) -> Tensor:
-        return _RMSNormHW.apply(g, self.eps)
+        return self._normalise(g)
+
+    def _normalise(self, t: Tensor) -> Tensor:
+        if fused.accepts(t):
+            return fused.norm_bias_relu(t, None, None, False, self.eps)[0]
+        return _RMSNormHW.apply(t, self.eps)
 
 
 class _RMSNormHW(torch.autograd.Function):
@@ -173,6 +180,8 @@ class AdaPool(FeedbackLayer):
         self.input_size = input_size
 
     def forward(self, f: Tensor, drive: Tensor | None = None) -> tuple[Tensor, Latent]:
+        if fused.accepts(f, drive):
+            return fused.adaptive_pool(f, drive, self.size)
         if drive is None:
             return F.max_pool2d(f, self.size, return_indices=True)
         # +1 where g >= 0 (-0.0 included), else -1: sign(g) + 0.5 has the wanted sign. Four

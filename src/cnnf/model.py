@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from cnnf import architecture
+from cnnf import architecture, fused
 from cnnf.inputs import check_features, check_images
 from cnnf.layers import Bias
 
@@ -103,6 +103,7 @@ class CNNF(nn.Module):
         super().__init__()
         built, self.block_ends, self.shapes = architecture.build(spec)
         self.layers = nn.ModuleList(built)
+        self._norm_segments = fused.norm_segments(self.layers)  # layer runs one fused kernel computes
         self.spec = {"input_shape": list(spec["input_shape"]), "blocks": [list(b) for b in spec["blocks"]]}
         _check_settings(iterations, reconstruct_to, output, residual, len(self.block_ends) - 1)
         self.iterations = iterations
@@ -229,10 +230,17 @@ class CNNF(nn.Module):
         """Layers start.. on h; returns (logits, latents, every layer's output if keep)."""
         latents: list[Tensor | None] = [None] * len(self.layers)
         outputs: list[Tensor | None] = [None] * len(self.layers)
-        for i in range(start, len(self.layers)):
+        i = start
+        while i < len(self.layers):
+            stop = None if keep else self._norm_segments.get(i)  # fused: no per-layer outputs
+            if stop is not None and fused.accepts(h, d := None if drive is None else drive[stop - 1]):
+                h, latents[stop - 1] = fused.run_norm_segment(self.layers[i:stop], h, d)
+                i = stop
+                continue
             h, latents[i] = self.layers[i](h, None if drive is None else drive[i])
             if keep:
                 outputs[i] = h
+            i += 1
         return h, tuple(latents), (tuple(outputs) if keep else None)
 
     def _position(self, layer: int | None) -> int:

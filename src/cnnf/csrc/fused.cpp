@@ -1,0 +1,255 @@
+// Fused CPU kernels for CNN-F's memory-bound layers (issue 7), on channels-last feature maps.
+//
+// Each kernel does in one sweep per sample what the layer-by-layer path does in several passes
+// over the whole batch: a sample's map (H*W pixels x C channels, 25-200 KB) stays in cache
+// between the reduction and the elementwise pass. Float and double; results equal the layer
+// path up to the order of the H*W sums (tests/test_fast_paths.py compares them in float64).
+//
+//   norm_bias_relu_forward:  y = f * r + b,  r = (mean_{H,W} f^2 + eps)^(-1/2)   (appendix A.4)
+//                            out = z * y,    z = 1(y > 0) or 1(y * g > 0)        (AdaReLU, eq. 3)
+//   norm_bias_relu_backward: the gradient of the above wrt f and b, z held constant
+//   adaptive_pool_forward:   max (g >= 0) or min (g < 0) over r x r windows, with the flat
+//                            index of the chosen pixel                           (AdaPool, eq. 3)
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+namespace {
+
+constexpr auto kChannelsLast = at::MemoryFormat::ChannelsLast;
+
+void check_map(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 4, name, " must be a (B, C, H, W) map, got ", t.dim(), " dimensions");
+  TORCH_CHECK(t.is_contiguous(kChannelsLast), name, " must be channels-last contiguous");
+}
+
+// One sample: `pixels` rows of `channels` values (NHWC). Sets r[c] = (mean f^2 + eps)^(-1/2);
+// sums accumulate in T, as torch's own reductions do.
+template <typename T>
+void rms_scale(const T* __restrict__ f, int64_t pixels, int64_t channels, double eps, T* __restrict__ r,
+               T* __restrict__ sum) {
+  std::fill(sum, sum + channels, T(0));
+  for (int64_t p = 0; p < pixels; ++p) {
+    const T* __restrict__ row = f + p * channels;
+    for (int64_t c = 0; c < channels; ++c) sum[c] += row[c] * row[c];
+  }
+  for (int64_t c = 0; c < channels; ++c) r[c] = T(1.0 / std::sqrt(double(sum[c]) / double(pixels) + eps));
+}
+
+// out = z * (f r + b) for one sample; the variant is a template argument, so the inner loop
+// has no branches and vectorises.
+enum class Relu { none, plain, driven };
+
+template <typename T, Relu relu>
+void norm_bias_relu_sample(const T* __restrict__ f, const T* __restrict__ bias, const T* __restrict__ drive,
+                           int64_t pixels, int64_t channels, double eps, T* __restrict__ r,
+                           T* __restrict__ out, T* __restrict__ mask, T* __restrict__ scratch) {
+  rms_scale(f, pixels, channels, eps, r, scratch);
+  for (int64_t p = 0; p < pixels; ++p) {
+    const int64_t o = p * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      const T y = f[o + c] * r[c] + bias[c];
+      if constexpr (relu == Relu::none) {
+        out[o + c] = y;
+      } else if constexpr (relu == Relu::plain) {
+        mask[o + c] = y > T(0) ? T(1) : T(0);
+        out[o + c] = y > T(0) ? y : T(0);  // +0.0 where y <= 0, as F.relu
+      } else {
+        const T z = y * drive[o + c] > T(0) ? T(1) : T(0);
+        mask[o + c] = z;
+        out[o + c] = y * z;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// f: (B, C, H, W) channels-last; bias: (C,) or empty; drive: like f or empty (first pass).
+// Returns (out, mask, r): out like f; mask like f (0/1; size 0 without relu); r (B, C).
+std::vector<at::Tensor> norm_bias_relu_forward(const at::Tensor& f, const at::Tensor& bias,
+                                               const at::Tensor& drive, bool relu, double eps) {
+  check_map(f, "f");
+  const bool has_bias = bias.defined() && bias.numel() > 0;
+  const bool has_drive = drive.defined() && drive.numel() > 0;
+  if (has_drive) {
+    check_map(drive, "drive");
+    TORCH_CHECK(drive.sizes() == f.sizes(), "drive must have the shape of f");
+  }
+  const int64_t batch = f.size(0), channels = f.size(1), pixels = f.size(2) * f.size(3);
+  at::Tensor out = at::empty_like(f, kChannelsLast);
+  at::Tensor mask = relu ? at::empty_like(f, kChannelsLast) : at::empty({0}, f.options());
+  at::Tensor r = at::empty({batch, channels}, f.options());
+  // without a bias, add zeros: one code path, and the add costs nothing next to the memory traffic
+  const at::Tensor b = has_bias ? bias.contiguous() : at::zeros({channels}, f.options());
+  const Relu variant = !relu ? Relu::none : has_drive ? Relu::driven : Relu::plain;
+  AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "norm_bias_relu_forward", [&] {
+    const scalar_t* fp = f.const_data_ptr<scalar_t>();
+    const scalar_t* bp = b.const_data_ptr<scalar_t>();
+    const scalar_t* gp = has_drive ? drive.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    scalar_t* mp = relu ? mask.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* rp = r.mutable_data_ptr<scalar_t>();
+    const int64_t plane = pixels * channels;
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scratch(channels);
+      for (int64_t n = begin; n < end; ++n) {
+        const int64_t o = n * plane;
+        const auto run = variant == Relu::none    ? norm_bias_relu_sample<scalar_t, Relu::none>
+                         : variant == Relu::plain ? norm_bias_relu_sample<scalar_t, Relu::plain>
+                                                  : norm_bias_relu_sample<scalar_t, Relu::driven>;
+        run(fp + o, bp, gp ? gp + o : nullptr, pixels, channels, eps, rp + n * channels, op + o,
+            mp ? mp + o : nullptr, scratch.data());
+      }
+    });
+  });
+  return {out, mask, r};
+}
+
+namespace {
+
+// One sample of norm_bias_relu_backward; `masked` is false without a ReLU.
+template <typename T, bool masked>
+void norm_bias_relu_backward_sample(const T* __restrict__ d_out, const T* __restrict__ f, const T* __restrict__ r,
+                                    const T* __restrict__ mask, int64_t pixels, int64_t channels,
+                                    T* __restrict__ d_f, T* __restrict__ d_b, T* __restrict__ dot) {
+  std::fill(d_b, d_b + channels, T(0));
+  std::fill(dot, dot + channels, T(0));
+  for (int64_t p = 0; p < pixels; ++p) {
+    const int64_t o = p * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      const T dy = masked ? d_out[o + c] * mask[o + c] : d_out[o + c];
+      d_b[c] += dy;
+      dot[c] += dy * (f[o + c] * r[c]);
+    }
+  }
+  for (int64_t c = 0; c < channels; ++c) dot[c] /= T(pixels);
+  for (int64_t p = 0; p < pixels; ++p) {
+    const int64_t o = p * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      const T dy = masked ? d_out[o + c] * mask[o + c] : d_out[o + c];
+      d_f[o + c] = r[c] * (dy - (f[o + c] * r[c]) * dot[c]);
+    }
+  }
+}
+
+}  // namespace
+
+// Gradient of norm_bias_relu_forward with the mask held constant: dy = z * d_out,
+// d_b = sum dy, d_f = r (dy - n mean_{H,W}(dy n)) with n = f r (the norm's output).
+// Returns (d_f like f, d_b per sample (B, C)).
+std::vector<at::Tensor> norm_bias_relu_backward(const at::Tensor& d_out, const at::Tensor& f,
+                                                const at::Tensor& r, const at::Tensor& mask) {
+  check_map(f, "f");
+  const at::Tensor grad = d_out.contiguous(kChannelsLast);
+  const bool has_mask = mask.defined() && mask.numel() > 0;
+  if (has_mask) check_map(mask, "mask");
+  const int64_t batch = f.size(0), channels = f.size(1), pixels = f.size(2) * f.size(3);
+  at::Tensor d_f = at::empty_like(f, kChannelsLast);
+  at::Tensor d_b = at::empty({batch, channels}, f.options());
+  AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "norm_bias_relu_backward", [&] {
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const scalar_t* fp = f.const_data_ptr<scalar_t>();
+    const scalar_t* rp = r.const_data_ptr<scalar_t>();
+    const scalar_t* mp = has_mask ? mask.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* dfp = d_f.mutable_data_ptr<scalar_t>();
+    scalar_t* dbp = d_b.mutable_data_ptr<scalar_t>();
+    const int64_t plane = pixels * channels;
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> dot(channels);
+      for (int64_t n = begin; n < end; ++n) {
+        const int64_t o = n * plane, k = n * channels;
+        const auto run = mp ? norm_bias_relu_backward_sample<scalar_t, true>
+                            : norm_bias_relu_backward_sample<scalar_t, false>;
+        run(gp + o, fp + o, rp + k, mp ? mp + o : nullptr, pixels, channels, dfp + o, dbp + k, dot.data());
+      }
+    });
+  });
+  return {d_f, d_b};
+}
+
+namespace {
+
+// s = +1 where g >= 0 (-0.0 included), else -1.
+template <typename T>
+void signs_of(const T* __restrict__ g, int64_t channels, T* __restrict__ sign) {
+  for (int64_t c = 0; c < channels; ++c) sign[c] = g[c] < T(0) ? T(-1) : T(1);
+}
+
+// One size x size window at (h0, w0) of a sample's NHWC plane `f` of row length `width`: per
+// channel the pixel with the largest s * f (the first in scan order on ties; NaN wins, as in
+// F.max_pool2d); writes f there (= s * max(s * f)) and its flat index h * width + w.
+template <typename T>
+void pool_window(const T* __restrict__ f, int64_t width, int64_t h0, int64_t w0, int64_t size, int64_t channels,
+                 const T* __restrict__ sign, T* __restrict__ pooled, int64_t* __restrict__ index) {
+  const T* first = f + (h0 * width + w0) * channels;
+  for (int64_t c = 0; c < channels; ++c) {
+    pooled[c] = sign[c] * first[c];
+    index[c] = h0 * width + w0;
+  }
+  for (int64_t i = 0; i < size; ++i) {
+    for (int64_t j = (i == 0); j < size; ++j) {
+      const int64_t at = (h0 + i) * width + w0 + j;
+      const T* px = f + at * channels;
+      for (int64_t c = 0; c < channels; ++c) {
+        const T v = sign[c] * px[c];
+        const bool take = v > pooled[c] || v != v;
+        pooled[c] = take ? v : pooled[c];
+        index[c] = take ? at : index[c];
+      }
+    }
+  }
+  for (int64_t c = 0; c < channels; ++c) pooled[c] *= sign[c];
+}
+
+}  // namespace
+
+// f: (B, C, H, W) channels-last, H and W multiples of `size`; drive: (B, C, H/size, W/size)
+// channels-last or empty (plain max pooling). Per window: the max of f where g >= 0 (-0.0
+// included), the min where g < 0; ties and NaN resolve as F.max_pool2d does (first in scan
+// order; NaN wins). Returns (pooled, index): index is the flat h * W + w of the chosen pixel
+// in its (sample, channel) plane, int64, as F.max_pool2d(return_indices=True) gives.
+std::vector<at::Tensor> adaptive_pool_forward(const at::Tensor& f, const at::Tensor& drive, int64_t size) {
+  check_map(f, "f");
+  const int64_t batch = f.size(0), channels = f.size(1), height = f.size(2), width = f.size(3);
+  TORCH_CHECK(size > 0 && height % size == 0 && width % size == 0, "the map's H and W must be multiples of ",
+              size);
+  const int64_t out_h = height / size, out_w = width / size;
+  const bool has_drive = drive.defined() && drive.numel() > 0;
+  if (has_drive) {
+    check_map(drive, "drive");
+    TORCH_CHECK(drive.size(0) == batch && drive.size(1) == channels && drive.size(2) == out_h &&
+                    drive.size(3) == out_w, "drive must have the pooled shape");
+  }
+  at::Tensor pooled = at::empty({batch, channels, out_h, out_w}, f.options(), kChannelsLast);
+  at::Tensor index = at::empty({batch, channels, out_h, out_w}, f.options().dtype(at::kLong), kChannelsLast);
+  AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "adaptive_pool_forward", [&] {
+    const scalar_t* fp = f.const_data_ptr<scalar_t>();
+    const scalar_t* gp = has_drive ? drive.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* pp = pooled.mutable_data_ptr<scalar_t>();
+    int64_t* ip = index.mutable_data_ptr<int64_t>();
+    at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> sign(channels, scalar_t(1));
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / out_h, oh = row % out_h;
+        for (int64_t ow = 0; ow < out_w; ++ow) {
+          const int64_t o = ((n * out_h + oh) * out_w + ow) * channels;
+          if (gp) signs_of(gp + o, channels, sign.data());
+          pool_window(fp + (n * height * width) * channels, width, oh * size, ow * size, size, channels,
+                      sign.data(), pp + o, ip + o);
+        }
+      }
+    });
+  });
+  return {pooled, index};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("norm_bias_relu_forward", &norm_bias_relu_forward);
+  m.def("norm_bias_relu_backward", &norm_bias_relu_backward);
+  m.def("adaptive_pool_forward", &adaptive_pool_forward);
+}

@@ -1,0 +1,150 @@
+"""Fused CPU kernels for the memory-bound layers (issue 7), with autograd.
+
+Instance norm, bias and AdaReLU each pass over the whole batch's feature map when run layer by
+layer; `csrc/fused.cpp` does the three in one sweep per sample, whose map stays in cache, and
+AdaPool's signed max / min with its indices in one pass. The extension is compiled on first use
+with torch's JIT builder (gcc and ninja; `make setup` builds it) and cached under
+~/.cache/torch_extensions. Where it cannot be built, or with CNNF_FUSED=0 in the environment,
+`available()` is False and the layers run their plain torch code, which computes the same
+values (tests/test_fast_paths.py compares both in float64).
+
+Kernels take channels-last float32 / float64 maps (the layout the model keeps).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+_SOURCE = Path(__file__).with_name("csrc") / "fused.cpp"
+
+# gcc vector flags per torch's detected CPU capability; the capability is in the extension's
+# name, so a build cached in a shared home directory is never loaded on a CPU that lacks it
+_VECTOR_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2", "-mfma"],
+    "AVX2": ["-mavx2", "-mfma"],
+}
+
+
+@functools.cache
+def _extension():
+    """The compiled module, or None (with one warning) where it cannot be built."""
+    if os.environ.get("CNNF_FUSED", "1") == "0":
+        return None
+    capability = torch.backends.cpu.get_cpu_capability()
+    version = torch.__version__.split("+")[0].replace(".", "")
+    try:
+        from torch.utils import cpp_extension
+
+        return cpp_extension.load(
+            name=f"cnnf_fused_{capability.lower()}_torch{version}",
+            sources=[str(_SOURCE)],
+            extra_cflags=["-O3", "-fopenmp", *_VECTOR_FLAGS.get(capability, [])],
+            extra_ldflags=["-fopenmp"],
+        )
+    except Exception as error:  # no compiler, no ninja, a failed build: run the plain layers
+        warnings.warn(f"cnnf: fused CPU kernels unavailable, using plain torch layers ({error})", stacklevel=2)
+        return None
+
+
+def available() -> bool:
+    """True if the fused kernels are compiled and loaded (builds them on the first call)."""
+    return _extension() is not None
+
+
+def build() -> None:
+    """Compile the kernels now (`make setup` does); raises if that fails."""
+    os.environ.pop("CNNF_FUSED", None)
+    _extension.cache_clear()
+    if _extension() is None:
+        raise RuntimeError("building the fused kernels failed; see the warning above (gcc and ninja are needed)")
+
+
+def accepts(*maps: Tensor | None) -> bool:
+    """Whether the kernels take these maps: available, channels-last, float32 / float64, on CPU."""
+    return available() and all(
+        m is None
+        or (m.dim() == 4 and m.device.type == "cpu" and m.dtype in (torch.float32, torch.float64)
+            and m.is_contiguous(memory_format=torch.channels_last))
+        for m in maps
+    )
+
+
+def norm_bias_relu(f: Tensor, bias: Tensor | None, drive: Tensor | None, relu: bool, eps: float):
+    """InstanceNorm, then + bias (C,) if given, then AdaReLU if `relu` (driven by `drive`, the
+    feedback at the ReLU's output, or plain on the first pass). f: (B, C, H, W) channels-last.
+    Returns (out like f, mask 0/1 like f or None without relu)."""
+    out, mask = _NormBiasReLU.apply(f, bias, None if drive is None else drive.detach(), relu, eps)
+    return out, (mask if relu else None)
+
+
+class _NormBiasReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, f, bias, drive, relu, eps):
+        out, mask, r = _extension().norm_bias_relu_forward(f, _or_empty(bias), _or_empty(drive), relu, eps)
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(f, r, mask if relu else None)
+        ctx.mark_non_differentiable(mask)
+        return out, mask
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out, d_mask):
+        f, r, mask = ctx.saved_tensors
+        d_f, d_b = _extension().norm_bias_relu_backward(d_out, f, r, _or_empty(mask))
+        return d_f, (d_b.sum(0) if ctx.has_bias else None), None, None, None
+
+
+def adaptive_pool(f: Tensor, drive: Tensor | None, size: int) -> tuple[Tensor, Tensor]:
+    """AdaPool over size x size windows: max where drive >= 0 (or without drive), min where
+    drive < 0. f: (B, C, H, W) channels-last; drive: (B, C, H/size, W/size) or None.
+    Returns (pooled, flat index of the chosen pixel per (sample, channel) plane)."""
+    return _AdaptivePool.apply(f, None if drive is None else drive.detach(), size)
+
+
+class _AdaptivePool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, f, drive, size):
+        pooled, index = _extension().adaptive_pool_forward(f, _or_empty(drive), size)
+        ctx.size = size
+        ctx.save_for_backward(f, index)
+        ctx.mark_non_differentiable(index)
+        return pooled, index
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_pooled, d_index):
+        f, index = ctx.saved_tensors
+        r = ctx.size
+        d_f = torch.ops.aten.max_pool2d_with_indices_backward(d_pooled, f, [r, r], [r, r], [0, 0], [1, 1], False, index)
+        return d_f, None, None
+
+
+def norm_segments(layers: Sequence[torch.nn.Module]) -> dict[int, int]:
+    """Runs of InstanceNorm, spatial Bias and optionally AdaReLU that `run_norm_segment`
+    computes in one kernel: {index of the norm: index after the run's last layer}."""
+    from cnnf.layers import AdaReLU, Bias, InstanceNorm
+
+    runs = {}
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], InstanceNorm) and isinstance(layers[i + 1], Bias) and layers[i + 1].spatial:
+            with_relu = i + 2 < len(layers) and isinstance(layers[i + 2], AdaReLU)
+            runs[i] = i + 3 if with_relu else i + 2
+    return runs
+
+
+def run_norm_segment(layers: Sequence[torch.nn.Module], h: Tensor, drive: Tensor | None):
+    """The layers of one `norm_segments` run on h, the ReLU (if any) driven by `drive`.
+    Returns (output, the ReLU's mask or None): what the layers one by one return."""
+    norm, bias, *relu = layers
+    return norm_bias_relu(h, bias.bias, drive, bool(relu), norm.eps)
+
+
+def _or_empty(t: Tensor | None) -> Tensor:
+    return torch.empty(0) if t is None else t

@@ -1,0 +1,89 @@
+"""The compiled kernels of `cnnf.fused` against the layers' torch code, one kernel at a time
+(tests/test_fast_paths.py compares whole models)."""
+
+import pytest
+import torch
+
+from cnnf import fused, layers
+
+pytestmark = [
+    pytest.mark.usefixtures("float64"),
+    pytest.mark.skipif(not fused.available(), reason="fused kernels not built (CNNF_FUSED=0 or no compiler)"),
+]
+
+
+def _map(*shape, zeros=0.0):
+    """A channels-last float64 map with a fraction `zeros` of exact zeros (ties for pooling)."""
+    t = torch.randn(*shape, dtype=torch.float64)
+    t[torch.rand(*shape) < zeros] = 0.0
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _torch_layers(monkeypatch):
+    monkeypatch.setattr(fused, "accepts", lambda *maps: False)
+
+
+@pytest.mark.parametrize("relu", ["none", "plain", "driven"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_norm_bias_relu_gradient(relu, with_bias):
+    torch.manual_seed(0)
+    f = _map(2, 3, 4, 5).requires_grad_()
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True) if with_bias else None
+    drive = _map(2, 3, 4, 5) if relu == "driven" else None
+
+    def run(f, *b):
+        return fused.norm_bias_relu(f, b[0] if b else None, drive, relu != "none", 1e-8)[0]
+
+    assert torch.autograd.gradcheck(run, (f, bias) if with_bias else (f,))
+
+
+@pytest.mark.parametrize("driven", [False, True])
+def test_norm_bias_relu_equals_the_layers(driven, monkeypatch):
+    torch.manual_seed(1)
+    norm, bias, relu = layers.InstanceNorm(), layers.Bias(8, spatial=True).double(), layers.AdaReLU()
+    torch.nn.init.normal_(bias.bias)
+    f = _map(3, 8, 6, 6)
+    drive = _map(3, 8, 6, 6, zeros=0.2) if driven else None
+    if driven:
+        drive[0, 0, 0, :3] = torch.tensor([0.0, -0.0, -1.0])
+    out, mask = fused.run_norm_segment([norm, bias, relu], f, drive)
+    _torch_layers(monkeypatch)
+    expected, expected_mask = relu(bias(norm(f)[0])[0], drive)
+    assert torch.allclose(out, expected, rtol=1e-12, atol=1e-14)
+    assert torch.equal(mask, expected_mask)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("driven", [False, True])
+def test_adaptive_pool_equals_the_layer_on_ties_and_signed_zeros(driven, monkeypatch):
+    torch.manual_seed(2)
+    pool = layers.AdaPool(2, (8, 8))
+    f = _map(2, 4, 8, 8, zeros=0.5)  # windows with several equal zeros: the first must win
+    drive = _map(2, 4, 4, 4, zeros=0.3) if driven else None
+    if driven:
+        drive[0, 0, 0, :2] = torch.tensor([-0.0, 0.0])  # both take the max
+    x = f.clone().requires_grad_()
+    pooled, index = pool(x, drive)
+    (pooled * torch.arange(pooled.numel()).view_as(pooled)).sum().backward()
+    _torch_layers(monkeypatch)
+    y = f.clone().requires_grad_()
+    expected, expected_index = pool(y, drive)
+    (expected * torch.arange(expected.numel()).view_as(expected)).sum().backward()
+    assert torch.equal(pooled, expected) and torch.equal(index, expected_index)
+    assert torch.equal(x.grad, y.grad)
+
+
+def test_maps_the_kernels_do_not_take_use_the_torch_layers():
+    nchw = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    assert fused.accepts(nchw.contiguous(memory_format=torch.channels_last))
+    assert not fused.accepts(nchw)
+    assert not fused.accepts(nchw.to(torch.float16).contiguous(memory_format=torch.channels_last))
+    out, _ = layers.InstanceNorm()(nchw)  # falls back instead of failing
+    assert torch.allclose(out, torch.nn.functional.rms_norm(nchw, (4, 4), eps=1e-8))
+
+
+def test_a_kernel_called_wrongly_names_the_problem():
+    with pytest.raises(RuntimeError, match="channels-last"):
+        fused.norm_bias_relu(torch.randn(2, 3, 4, 4, dtype=torch.float64), None, None, True, 1e-8)
+    with pytest.raises(RuntimeError, match="multiples of 2"):
+        fused.adaptive_pool(_map(1, 3, 5, 5), None, 2)
