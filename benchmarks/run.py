@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnf
+from cnnf import fused
 from cnnf.allocator import keep_freed_memory
 from cnnf.layers import Conv2d, Linear
 from cnnf.losses import cnnf_loss
@@ -428,6 +429,7 @@ def machine_facts(threads: int) -> dict:
         "threads": threads,
         "torch_threads": torch.get_num_threads(),
         "load_average_start": list(os.getloadavg()),
+        "fused_kernels": fused.available(),
     }
 
 
@@ -556,6 +558,7 @@ def machine_markdown(report: dict) -> list[str]:
          f"start {fmt_load(m['load_average_start'])}, end {fmt_load(m['load_average_end'])}"),
         ("settings", f"batch {s['batch']}, {s['repeats']} runs x {s['steps']} steps after {s['warmup']} warm-up"
                      + (" (quick smoke run)" if s["quick"] else "")),
+        ("layers", "fused C++ kernels (cnnf.fused)" if m.get("fused_kernels") else "torch layers (no fused kernels)"),
         ("malloc", "freed memory kept (cnnf.allocator)" if s.get("keep_freed_memory", False) else "allocator defaults"),
         ("elapsed", f"{report['elapsed_s']:.0f} s"),
     ]

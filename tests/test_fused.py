@@ -73,6 +73,21 @@ def test_adaptive_pool_equals_the_layer_on_ties_and_signed_zeros(driven, monkeyp
     assert torch.equal(x.grad, y.grad)
 
 
+def test_unpool_equals_the_layer_feedback_and_its_gradient(monkeypatch):
+    torch.manual_seed(3)
+    pool = layers.AdaPool(2, (6, 8))
+    _, index = pool(_map(2, 5, 6, 8, zeros=0.3), _map(2, 5, 3, 4))
+    g = _map(2, 5, 3, 4).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: fused.unpool(t, index, 2), (g,))
+    weights = torch.randn(2, 5, 6, 8, dtype=torch.float64)
+    full = pool.feedback(g, index)
+    (d_g,) = torch.autograd.grad((full * weights).sum(), g)
+    _torch_layers(monkeypatch)
+    expected = pool.feedback(g, index)
+    (expected_d_g,) = torch.autograd.grad((expected * weights).sum(), g)
+    assert torch.equal(full, expected) and torch.equal(d_g, expected_d_g)
+
+
 def test_maps_the_kernels_do_not_take_use_the_torch_layers():
     nchw = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     assert fused.accepts(nchw.contiguous(memory_format=torch.channels_last))

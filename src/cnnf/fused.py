@@ -113,17 +113,36 @@ class _AdaptivePool(torch.autograd.Function):
     def forward(ctx, f, drive, size):
         pooled, index = _extension().adaptive_pool_forward(f, _or_empty(drive), size)
         ctx.size = size
-        ctx.save_for_backward(f, index)
+        ctx.save_for_backward(index)
         ctx.mark_non_differentiable(index)
         return pooled, index
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_pooled, d_index):
-        f, index = ctx.saved_tensors
-        r = ctx.size
-        d_f = torch.ops.aten.max_pool2d_with_indices_backward(d_pooled, f, [r, r], [r, r], [0, 0], [1, 1], False, index)
-        return d_f, None, None
+        (index,) = ctx.saved_tensors
+        d_pooled = d_pooled.contiguous(memory_format=torch.channels_last)
+        return _extension().unpool_forward(d_pooled, index, ctx.size), None, None  # d_f: d_pooled at the chosen pixels
+
+
+def unpool(g: Tensor, index: Tensor, size: int) -> Tensor:
+    """AdaPool's feedback: g (B, C, h, w) at the pixels `index` chose (from `adaptive_pool`),
+    zeros elsewhere; (B, C, h * size, w * size), channels-last."""
+    return _Unpool.apply(g, index, size)
+
+
+class _Unpool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, g, index, size):
+        ctx.size = size
+        ctx.save_for_backward(index)
+        return _extension().unpool_forward(g, index, size)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_full):
+        (index,) = ctx.saved_tensors
+        return _extension().unpool_backward(d_full, index, ctx.size), None, None
 
 
 def norm_segments(layers: Sequence[torch.nn.Module]) -> dict[int, int]:

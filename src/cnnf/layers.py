@@ -180,7 +180,7 @@ class AdaPool(FeedbackLayer):
         self.input_size = input_size
 
     def forward(self, f: Tensor, drive: Tensor | None = None) -> tuple[Tensor, Latent]:
-        if fused.accepts(f, drive):
+        if fused.accepts(f, drive):  # the spec ensures r divides H and W
             return fused.adaptive_pool(f, drive, self.size)
         if drive is None:
             return F.max_pool2d(f, self.size, return_indices=True)
@@ -195,6 +195,8 @@ class AdaPool(FeedbackLayer):
         return pooled * sign, index
 
     def feedback(self, g: Tensor, latent: Latent) -> Tensor:
+        if fused.accepts(g) and latent.is_contiguous(memory_format=torch.channels_last):
+            return fused.unpool(g, latent, self.size)
         return F.max_unpool2d(g, latent, self.size, output_size=self.input_size)
 
     def extra_repr(self) -> str:

@@ -10,6 +10,8 @@
 //   norm_bias_relu_backward: the gradient of the above wrt f and b, z held constant
 //   adaptive_pool_forward:   max (g >= 0) or min (g < 0) over r x r windows, with the flat
 //                            index of the chosen pixel                           (AdaPool, eq. 3)
+//   unpool_forward/backward: AdaPool's feedback, g placed at the chosen pixels   (eq. 2), and
+//                            its gradient, a gather (unpool_forward is AdaPool's backward)
 
 #include <torch/extension.h>
 
@@ -206,6 +208,34 @@ void pool_window(const T* __restrict__ f, int64_t width, int64_t h0, int64_t w0,
   for (int64_t c = 0; c < channels; ++c) pooled[c] *= sign[c];
 }
 
+// Checks shared by unpool_forward and unpool_backward: pooled-resolution maps, windows of `size`.
+void check_unpool(const at::Tensor& pooled, const at::Tensor& index, int64_t size) {
+  check_map(pooled, "g");
+  check_map(index, "index");
+  TORCH_CHECK(index.sizes() == pooled.sizes() && index.scalar_type() == at::kLong,
+              "index must be the int64 pooling choice of g's shape");
+  TORCH_CHECK(size > 0, "size must be positive");
+}
+
+// Calls visit(pixel offset in the full map, flat index h * W + w, window offset) for every pixel
+// of every window of rows [begin, end) of (sample, pooled row); offsets count channels-last rows.
+template <typename Visit>
+void for_each_window_pixel(int64_t begin, int64_t end, int64_t out_h, int64_t out_w, int64_t size, Visit visit) {
+  const int64_t height = out_h * size, width = out_w * size;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t n = row / out_h, oh = row % out_h;
+    for (int64_t ow = 0; ow < out_w; ++ow) {
+      const int64_t window = (n * out_h + oh) * out_w + ow;
+      for (int64_t i = 0; i < size; ++i) {
+        for (int64_t j = 0; j < size; ++j) {
+          const int64_t h = oh * size + i, w = ow * size + j;
+          visit((n * height + h) * width + w, h * width + w, window);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // f: (B, C, H, W) channels-last, H and W multiples of `size`; drive: (B, C, H/size, W/size)
@@ -248,8 +278,56 @@ std::vector<at::Tensor> adaptive_pool_forward(const at::Tensor& f, const at::Ten
   return {pooled, index};
 }
 
+// The AdaPool feedback (unpool): g (B, C, h, w) placed at the chosen pixels of each size x size
+// window, zeros elsewhere, in one write of the (B, C, h * size, w * size) map. `index` must come
+// from adaptive_pool_forward (each index inside its own window), unlike F.max_unpool2d's.
+at::Tensor unpool_forward(const at::Tensor& g, const at::Tensor& index, int64_t size) {
+  check_unpool(g, index, size);
+  const int64_t batch = g.size(0), channels = g.size(1), out_h = g.size(2), out_w = g.size(3);
+  at::Tensor full = at::empty({batch, channels, out_h * size, out_w * size}, g.options(), kChannelsLast);
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "unpool_forward", [&] {
+    const scalar_t* __restrict__ gp = g.const_data_ptr<scalar_t>();
+    const int64_t* __restrict__ ip = index.const_data_ptr<int64_t>();
+    scalar_t* __restrict__ fp = full.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
+      for_each_window_pixel(begin, end, out_h, out_w, size, [&](int64_t pixel, int64_t at, int64_t window) {
+        const scalar_t* __restrict__ gw = gp + window * channels;
+        const int64_t* __restrict__ iw = ip + window * channels;
+        scalar_t* __restrict__ out = fp + pixel * channels;
+        for (int64_t c = 0; c < channels; ++c) out[c] = iw[c] == at ? gw[c] : scalar_t(0);
+      });
+    });
+  });
+  return full;
+}
+
+// Gradient of unpool_forward wrt g: the value of d_full at each window's chosen pixel, (B, C, h, w).
+at::Tensor unpool_backward(const at::Tensor& d_full, const at::Tensor& index, int64_t size) {
+  const at::Tensor grad = d_full.contiguous(kChannelsLast);
+  const int64_t batch = index.size(0), channels = index.size(1), out_h = index.size(2), out_w = index.size(3);
+  at::Tensor d_g = at::empty({batch, channels, out_h, out_w}, grad.options(), kChannelsLast).zero_();
+  check_unpool(d_g, index, size);
+  TORCH_CHECK(grad.size(2) == out_h * size && grad.size(3) == out_w * size, "d_full must be index's shape times size");
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "unpool_backward", [&] {
+    const scalar_t* __restrict__ dp = grad.const_data_ptr<scalar_t>();
+    const int64_t* __restrict__ ip = index.const_data_ptr<int64_t>();
+    scalar_t* __restrict__ gp = d_g.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
+      for_each_window_pixel(begin, end, out_h, out_w, size, [&](int64_t pixel, int64_t at, int64_t window) {
+        const scalar_t* __restrict__ d = dp + pixel * channels;
+        const int64_t* __restrict__ iw = ip + window * channels;
+        scalar_t* __restrict__ out = gp + window * channels;
+        for (int64_t c = 0; c < channels; ++c) out[c] = iw[c] == at ? d[c] : out[c];
+      });
+    });
+  });
+  return d_g;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("norm_bias_relu_forward", &norm_bias_relu_forward);
   m.def("norm_bias_relu_backward", &norm_bias_relu_backward);
   m.def("adaptive_pool_forward", &adaptive_pool_forward);
+  m.def("unpool_forward", &unpool_forward);
+  m.def("unpool_backward", &unpool_backward);
 }
