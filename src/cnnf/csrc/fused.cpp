@@ -217,21 +217,36 @@ void check_unpool(const at::Tensor& pooled, const at::Tensor& index, int64_t siz
   TORCH_CHECK(size > 0, "size must be positive");
 }
 
-// Calls visit(pixel offset in the full map, flat index h * W + w, window offset) for every pixel
-// of every window of rows [begin, end) of (sample, pooled row); offsets count channels-last rows.
-template <typename Visit>
-void for_each_window_pixel(int64_t begin, int64_t end, int64_t out_h, int64_t out_w, int64_t size, Visit visit) {
-  const int64_t height = out_h * size, width = out_w * size;
+// One window of unpool_forward (`gather` false): full[pixel] = g where index == pixel, else 0;
+// or of unpool_backward (`gather` true): g = full[index]. `full` is the sample's NHWC plane.
+template <typename T, bool gather>
+void unpool_window(T* __restrict__ g, const int64_t* __restrict__ index, T* __restrict__ full, int64_t width,
+                   int64_t h0, int64_t w0, int64_t size, int64_t channels) {
+  for (int64_t i = 0; i < size; ++i) {
+    for (int64_t j = 0; j < size; ++j) {
+      const int64_t at = (h0 + i) * width + w0 + j;
+      T* __restrict__ px = full + at * channels;
+      for (int64_t c = 0; c < channels; ++c) {
+        if constexpr (gather) {
+          g[c] = index[c] == at ? px[c] : g[c];
+        } else {
+          px[c] = index[c] == at ? g[c] : T(0);
+        }
+      }
+    }
+  }
+}
+
+// Runs unpool_window over the windows of rows [begin, end) of (sample, pooled row).
+template <typename T, bool gather>
+void unpool_rows(int64_t begin, int64_t end, T* g, const int64_t* index, T* full, int64_t out_h, int64_t out_w,
+                 int64_t size, int64_t channels) {
+  const int64_t width = out_w * size, plane = out_h * size * width * channels;
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / out_h, oh = row % out_h;
     for (int64_t ow = 0; ow < out_w; ++ow) {
-      const int64_t window = (n * out_h + oh) * out_w + ow;
-      for (int64_t i = 0; i < size; ++i) {
-        for (int64_t j = 0; j < size; ++j) {
-          const int64_t h = oh * size + i, w = ow * size + j;
-          visit((n * height + h) * width + w, h * width + w, window);
-        }
-      }
+      const int64_t o = ((n * out_h + oh) * out_w + ow) * channels;
+      unpool_window<T, gather>(g + o, index + o, full + n * plane, width, oh * size, ow * size, size, channels);
     }
   }
 }
@@ -286,16 +301,11 @@ at::Tensor unpool_forward(const at::Tensor& g, const at::Tensor& index, int64_t 
   const int64_t batch = g.size(0), channels = g.size(1), out_h = g.size(2), out_w = g.size(3);
   at::Tensor full = at::empty({batch, channels, out_h * size, out_w * size}, g.options(), kChannelsLast);
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "unpool_forward", [&] {
-    const scalar_t* __restrict__ gp = g.const_data_ptr<scalar_t>();
-    const int64_t* __restrict__ ip = index.const_data_ptr<int64_t>();
-    scalar_t* __restrict__ fp = full.mutable_data_ptr<scalar_t>();
+    scalar_t* gp = const_cast<scalar_t*>(g.const_data_ptr<scalar_t>());  // read only (gather = false)
+    const int64_t* ip = index.const_data_ptr<int64_t>();
+    scalar_t* fp = full.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
-      for_each_window_pixel(begin, end, out_h, out_w, size, [&](int64_t pixel, int64_t at, int64_t window) {
-        const scalar_t* __restrict__ gw = gp + window * channels;
-        const int64_t* __restrict__ iw = ip + window * channels;
-        scalar_t* __restrict__ out = fp + pixel * channels;
-        for (int64_t c = 0; c < channels; ++c) out[c] = iw[c] == at ? gw[c] : scalar_t(0);
-      });
+      unpool_rows<scalar_t, false>(begin, end, gp, ip, fp, out_h, out_w, size, channels);
     });
   });
   return full;
@@ -309,16 +319,11 @@ at::Tensor unpool_backward(const at::Tensor& d_full, const at::Tensor& index, in
   check_unpool(d_g, index, size);
   TORCH_CHECK(grad.size(2) == out_h * size && grad.size(3) == out_w * size, "d_full must be index's shape times size");
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "unpool_backward", [&] {
-    const scalar_t* __restrict__ dp = grad.const_data_ptr<scalar_t>();
-    const int64_t* __restrict__ ip = index.const_data_ptr<int64_t>();
-    scalar_t* __restrict__ gp = d_g.mutable_data_ptr<scalar_t>();
+    scalar_t* dp = const_cast<scalar_t*>(grad.const_data_ptr<scalar_t>());  // read only (gather = true)
+    const int64_t* ip = index.const_data_ptr<int64_t>();
+    scalar_t* gp = d_g.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
-      for_each_window_pixel(begin, end, out_h, out_w, size, [&](int64_t pixel, int64_t at, int64_t window) {
-        const scalar_t* __restrict__ d = dp + pixel * channels;
-        const int64_t* __restrict__ iw = ip + window * channels;
-        scalar_t* __restrict__ out = gp + window * channels;
-        for (int64_t c = 0; c < channels; ++c) out[c] = iw[c] == at ? d[c] : out[c];
-      });
+      unpool_rows<scalar_t, true>(begin, end, gp, ip, dp, out_h, out_w, size, channels);
     });
   });
   return d_g;
