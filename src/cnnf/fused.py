@@ -162,7 +162,7 @@ def run_norm_segment(layers: Sequence[torch.nn.Module], h: Tensor, drive: Tensor
     """The layers of one `norm_segments` run on h, the ReLU (if any) driven by `drive`.
     Returns (output, the ReLU's mask or None): what the layers one by one return."""
     norm, bias, *relu = layers
-    return norm_bias_relu(h, bias.bias, drive, bool(relu), norm.eps)
+    return norm_bias_relu(h, bias.bias, drive if relu else None, bool(relu), norm.eps)
 
 
 def _or_empty(t: Tensor | None) -> Tensor:

@@ -233,10 +233,12 @@ class CNNF(nn.Module):
         i = start
         while i < len(self.layers):
             stop = None if keep else self._norm_segments.get(i)  # fused: no per-layer outputs
-            if stop is not None and fused.accepts(h, d := None if drive is None else drive[stop - 1]):
-                h, latents[stop - 1] = fused.run_norm_segment(self.layers[i:stop], h, d)
-                i = stop
-                continue
+            if stop is not None:
+                relu_drive = None if drive is None else drive[stop - 1]
+                if fused.accepts(h, relu_drive):
+                    h, latents[stop - 1] = fused.run_norm_segment(self.layers[i:stop], h, relu_drive)
+                    i = stop
+                    continue
             h, latents[i] = self.layers[i](h, None if drive is None else drive[i])
             if keep:
                 outputs[i] = h
