@@ -237,18 +237,28 @@ void unpool_window(T* __restrict__ g, const int64_t* __restrict__ index, T* __re
   }
 }
 
-// Runs unpool_window over the windows of rows [begin, end) of (sample, pooled row).
-template <typename T, bool gather>
-void unpool_rows(int64_t begin, int64_t end, T* g, const int64_t* index, T* full, int64_t out_h, int64_t out_w,
-                 int64_t size, int64_t channels) {
+// Moves values between the pooled map (B, C, h, w) and the full map (B, C, h * size, w * size)
+// through `index`: full from pooled (`gather` false), or pooled from full (`gather` true). The
+// source is only read; both are channels-last.
+template <bool gather>
+void unpool_between(const at::Tensor& pooled, const at::Tensor& full, const at::Tensor& index, int64_t size) {
+  const int64_t batch = pooled.size(0), channels = pooled.size(1), out_h = pooled.size(2), out_w = pooled.size(3);
   const int64_t width = out_w * size, plane = out_h * size * width * channels;
-  for (int64_t row = begin; row < end; ++row) {
-    const int64_t n = row / out_h, oh = row % out_h;
-    for (int64_t ow = 0; ow < out_w; ++ow) {
-      const int64_t o = ((n * out_h + oh) * out_w + ow) * channels;
-      unpool_window<T, gather>(g + o, index + o, full + n * plane, width, oh * size, ow * size, size, channels);
-    }
-  }
+  AT_DISPATCH_FLOATING_TYPES(pooled.scalar_type(), "unpool", [&] {
+    scalar_t* pp = pooled.data_ptr<scalar_t>();
+    scalar_t* fp = full.data_ptr<scalar_t>();
+    const int64_t* ip = index.const_data_ptr<int64_t>();
+    at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / out_h, oh = row % out_h;
+        for (int64_t ow = 0; ow < out_w; ++ow) {
+          const int64_t o = ((n * out_h + oh) * out_w + ow) * channels;
+          unpool_window<scalar_t, gather>(pp + o, ip + o, fp + n * plane, width, oh * size, ow * size, size,
+                                          channels);
+        }
+      }
+    });
+  });
 }
 
 }  // namespace
@@ -298,34 +308,19 @@ std::vector<at::Tensor> adaptive_pool_forward(const at::Tensor& f, const at::Ten
 // from adaptive_pool_forward (each index inside its own window), unlike F.max_unpool2d's.
 at::Tensor unpool_forward(const at::Tensor& g, const at::Tensor& index, int64_t size) {
   check_unpool(g, index, size);
-  const int64_t batch = g.size(0), channels = g.size(1), out_h = g.size(2), out_w = g.size(3);
-  at::Tensor full = at::empty({batch, channels, out_h * size, out_w * size}, g.options(), kChannelsLast);
-  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "unpool_forward", [&] {
-    scalar_t* gp = const_cast<scalar_t*>(g.const_data_ptr<scalar_t>());  // read only (gather = false)
-    const int64_t* ip = index.const_data_ptr<int64_t>();
-    scalar_t* fp = full.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
-      unpool_rows<scalar_t, false>(begin, end, gp, ip, fp, out_h, out_w, size, channels);
-    });
-  });
+  at::Tensor full = at::empty({g.size(0), g.size(1), g.size(2) * size, g.size(3) * size}, g.options(), kChannelsLast);
+  unpool_between<false>(g, full, index, size);
   return full;
 }
 
 // Gradient of unpool_forward wrt g: the value of d_full at each window's chosen pixel, (B, C, h, w).
 at::Tensor unpool_backward(const at::Tensor& d_full, const at::Tensor& index, int64_t size) {
   const at::Tensor grad = d_full.contiguous(kChannelsLast);
-  const int64_t batch = index.size(0), channels = index.size(1), out_h = index.size(2), out_w = index.size(3);
-  at::Tensor d_g = at::empty({batch, channels, out_h, out_w}, grad.options(), kChannelsLast).zero_();
+  at::Tensor d_g = at::empty(index.sizes(), grad.options(), kChannelsLast).zero_();
   check_unpool(d_g, index, size);
-  TORCH_CHECK(grad.size(2) == out_h * size && grad.size(3) == out_w * size, "d_full must be index's shape times size");
-  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "unpool_backward", [&] {
-    scalar_t* dp = const_cast<scalar_t*>(grad.const_data_ptr<scalar_t>());  // read only (gather = true)
-    const int64_t* ip = index.const_data_ptr<int64_t>();
-    scalar_t* gp = d_g.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
-      unpool_rows<scalar_t, true>(begin, end, gp, ip, dp, out_h, out_w, size, channels);
-    });
-  });
+  TORCH_CHECK(grad.size(2) == index.size(2) * size && grad.size(3) == index.size(3) * size,
+              "d_full must be index's shape times size");
+  unpool_between<true>(d_g, grad, index, size);
   return d_g;
 }
 
