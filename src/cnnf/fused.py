@@ -91,11 +91,14 @@ class _NormBiasReLU(torch.autograd.Function):
         ctx.has_bias = bias is not None
         ctx.save_for_backward(f, r, mask if relu else None)
         ctx.mark_non_differentiable(mask)
+        ctx.set_materialize_grads(False)  # d_mask stays None instead of a map of zeros
         return out, mask
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out, d_mask):
+        if d_out is None:  # only the (non-differentiable) mask was used
+            return None, None, None, None, None
         f, r, mask = ctx.saved_tensors
         d_f, d_b = _extension().norm_bias_relu_backward(d_out, f, r, _or_empty(mask))
         return d_f, (d_b.sum(0) if ctx.has_bias else None), None, None, None
@@ -115,11 +118,14 @@ class _AdaptivePool(torch.autograd.Function):
         ctx.size = size
         ctx.save_for_backward(index)
         ctx.mark_non_differentiable(index)
+        ctx.set_materialize_grads(False)  # d_index stays None instead of a map of zeros
         return pooled, index
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_pooled, d_index):
+        if d_pooled is None:  # only the (non-differentiable) index was used
+            return None, None, None
         (index,) = ctx.saved_tensors
         d_pooled = d_pooled.contiguous(memory_format=torch.channels_last)
         return _extension().unpool_forward(d_pooled, index, ctx.size), None, None  # d_f: d_pooled at the chosen pixels

@@ -135,10 +135,7 @@ class CNNF(nn.Module):
     def encode(self, x: Tensor, to_layer: int | None = None) -> Tensor:
         """Plain feedforward features of images x at layer `to_layer` (default k)."""
         check_images(x, self.input_shape)
-        h = x
-        for layer in self.layers[: self._position(to_layer)]:
-            h, _ = layer(h)
-        return h
+        return self._run(x, 0, self._position(to_layer), None, keep=False)[0]
 
     def feedforward(
         self, h: Tensor, from_layer: int | None = None, drive: Drive | None = None
@@ -155,7 +152,7 @@ class CNNF(nn.Module):
         check_features(h)
         if drive is not None and len(drive) != len(self.layers):
             raise ValueError(f"drive must have one entry per layer ({len(self.layers)}), got {len(drive)}")
-        logits, latents, _ = self._up(h, start, drive, keep=False)
+        logits, latents, _ = self._run(h, start, len(self.layers), drive, keep=False)
         return logits, latents
 
     def feedback(self, logits: Tensor, latents: Latents, to_layer: int | None = None) -> Feedback:
@@ -202,14 +199,14 @@ class CNNF(nn.Module):
             raise ValueError(f"iterations must be >= 0, got {n}")
         start = self._position(None)
         h = self.encode(x)
-        logits, latents, acts = self._up(h, start, None, keep_activations)
+        logits, latents, acts = self._run(h, start, len(self.layers), None, keep_activations)
         run = Inference([logits], [h], [], [latents], torch.zeros(len(x), dtype=torch.long), None)
         run.activations = [acts] if keep_activations else None
         active = torch.ones(len(x), dtype=torch.bool)
         for _ in range(n):
             fb = self.feedback(logits, latents)
             h_next = fb.features if self.residual == 1 else h + self.residual * (fb.features - h)
-            logits_next, latents_next, acts = self._up(h_next, start, fb.signals, keep_activations)
+            logits_next, latents_next, acts = self._run(h_next, start, len(self.layers), fb.signals, keep_activations)
             run.iterations_used += active
             if tol is not None:
                 settled = (logits_next.argmax(1) == logits.argmax(1)) & (_relative_change(h_next, h) < tol)
@@ -226,18 +223,18 @@ class CNNF(nn.Module):
                 break
         return run
 
-    def _up(self, h: Tensor, start: int, drive: Drive | None, keep: bool):
-        """Layers start.. on h; returns (logits, latents, every layer's output if keep)."""
+    def _run(self, h: Tensor, start: int, stop: int, drive: Drive | None, keep: bool):
+        """Layers start..stop-1 on h; returns (their output, latents, every layer's output if keep)."""
         latents: list[Tensor | None] = [None] * len(self.layers)
         outputs: list[Tensor | None] = [None] * len(self.layers)
         i = start
-        while i < len(self.layers):
-            stop = None if keep else self._norm_segments.get(i)  # fused: no per-layer outputs
-            if stop is not None:
-                relu_drive = None if drive is None else drive[stop - 1]
+        while i < stop:
+            end = None if keep else self._norm_segments.get(i)  # fused: no per-layer outputs
+            if end is not None and end <= stop:
+                relu_drive = None if drive is None else drive[end - 1]
                 if fused.accepts(h, relu_drive):
-                    h, latents[stop - 1] = fused.run_norm_segment(self.layers[i:stop], h, relu_drive)
-                    i = stop
+                    h, latents[end - 1] = fused.run_norm_segment(self.layers[i:end], h, relu_drive)
+                    i = end
                     continue
             h, latents[i] = self.layers[i](h, None if drive is None else drive[i])
             if keep:
