@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import cnnf
 from cnnf import fused, layers
 from cnnf.layers import _RMSNormHW
-from cnnf.losses import cnnf_loss
+from cnnf.losses import LossWeights, cnnf_loss
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -64,20 +64,24 @@ def _use_plain_layers(model, monkeypatch):
         monkeypatch.setattr(layer, "feedback", lambda g, latent, layer=layer: _plain_feedback(layer, g, latent))
 
 
-def _loss_and_gradients(model, x, y):
+def _loss_and_gradients(model, x, y, terms="paper"):
+    """Outputs, loss and gradients; terms "all" adds the latent-likelihood and norm-matching
+    losses, whose gradients also flow through the feedback signals."""
     model.zero_grad()
     x = x.clone().requires_grad_()
-    run = model.infer(x)
-    loss, _ = cnnf_loss(model, run, y)
+    weights = LossWeights() if terms == "paper" else LossWeights(cll=0.1, norm=0.1)
+    run = model.infer(x, keep_activations=terms == "all")
+    loss, _ = cnnf_loss(model, run, y, weights=weights)
     loss.backward()
     return [t.detach().clone() for t in (run.output("last"), run.output("average"), loss, x.grad)] + [
         p.grad.clone() for p in model.parameters()
     ]
 
 
+@pytest.mark.parametrize("terms", ["paper", "all"])
 @pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch-layers"])
 @pytest.mark.parametrize("name", cnnf.list_models())
-def test_optimised_layers_match_the_plain_implementation(name, kernels, monkeypatch):
+def test_optimised_layers_match_the_plain_implementation(name, kernels, terms, monkeypatch):
     if not kernels:
         _without_kernels(monkeypatch)
     torch.manual_seed(0)
@@ -87,9 +91,9 @@ def test_optimised_layers_match_the_plain_implementation(name, kernels, monkeypa
             torch.nn.init.normal_(p, 0, 0.5)
     x = torch.rand(4, 1, 28, 28, dtype=torch.float64) * 2 - 1
     y = torch.tensor([0, 3, 5, 9])
-    fast = _loss_and_gradients(model, x, y)
+    fast = _loss_and_gradients(model, x, y, terms)
     _use_plain_layers(model, monkeypatch)
-    plain = _loss_and_gradients(model, x, y)
+    plain = _loss_and_gradients(model, x, y, terms)
     assert len(fast) == len(plain) > 4
     for a, b in zip(fast, plain):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)

@@ -102,3 +102,65 @@ def test_a_kernel_called_wrongly_names_the_problem():
         fused.norm_bias_relu(torch.randn(2, 3, 4, 4, dtype=torch.float64), None, None, True, 1e-8)
     with pytest.raises(RuntimeError, match="multiples of 2"):
         fused.adaptive_pool(_map(1, 3, 5, 5), None, 2)
+
+
+_FEEDBACK_RUNS = {"relu+pool": (True, True), "pool": (False, True), "relu": (True, False)}
+
+
+def _feedback_run(relu: bool, pool: bool):
+    """Layers [norm, bias, relu?, pool?] on 6x8 maps of 5 channels, with the latents of a driven
+    forward pass, and g at the run's output."""
+    run = [layers.InstanceNorm(), layers.Bias(5, spatial=True).double()]
+    run += [layers.AdaReLU()] if relu else []
+    run += [layers.AdaPool(2, (6, 8))] if pool else []
+    h, latents = _map(2, 5, 6, 8, zeros=0.2), []
+    for layer in run:
+        h, latent = layer(h, _map(*h.shape[:2], 3, 4) if isinstance(layer, layers.AdaPool) else _map(*h.shape))
+        latents.append(latent)
+    return run, latents, _map(*h.shape)
+
+
+@pytest.mark.parametrize("variant", _FEEDBACK_RUNS)
+def test_feedback_norm_gradient(variant):
+    relu, pool = _FEEDBACK_RUNS[variant]
+    run, latents, g = _feedback_run(relu, pool)
+    index, mask = (latents[-1] if pool else None), (latents[2] if relu else None)
+
+    def every_output(t):
+        return tuple(out for out in fused.feedback_norm(t, index, mask, 2, 1e-8) if out is not None)
+
+    assert torch.autograd.gradcheck(every_output, (g.requires_grad_(),))
+
+
+@pytest.mark.parametrize("variant", _FEEDBACK_RUNS)
+def test_feedback_segment_equals_the_layers(variant, monkeypatch):
+    """Signals, features and the gradient through all of them (eta and the norm loss use the
+    signals) equal the layers' feedback one by one."""
+    torch.manual_seed(4)
+    run, latents, g = _feedback_run(*_FEEDBACK_RUNS[variant])
+    assert fused.accepts_feedback(g, latents, [layer.adaptive for layer in run])
+    g.requires_grad_()
+    signals, features = fused.run_feedback_segment(run, g, latents)
+    _torch_layers(monkeypatch)
+    expected_signals, below = [None] * len(run), g
+    for i in reversed(range(len(run))):
+        expected_signals[i] = below
+        below = run[i].feedback(below, latents[i])
+    outputs, expected = (*signals, features), (*expected_signals, below)
+    assert len(outputs) == len(expected) == len(run) + 1
+    weights = [torch.randn_like(t) for t in expected]
+    (d_g,) = torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, outputs)), g)
+    (expected_d_g,) = torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, expected)), g)
+    for a, b in zip(outputs, expected):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(d_g, expected_d_g, rtol=1e-10, atol=1e-12)
+    assert features.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_feedback_segments_cover_norm_runs_with_a_relu_or_a_pool():
+    import cnnf
+
+    conv4 = cnnf.create_model("conv4_mnist").layers
+    paper = cnnf.create_model("paper_mnist").layers
+    assert fused.feedback_segments(paper) == {3: 1, 7: 5}  # [norm bias relu], [norm bias pool]
+    assert fused.feedback_segments(conv4) == {3: 1, 7: 5, 12: 9, 17: 14}

@@ -76,6 +76,17 @@ def accepts(*maps: Tensor | None) -> bool:
     )
 
 
+def accepts_feedback(g: Tensor, latents: Sequence[Tensor | None], adaptive: Sequence[bool]) -> bool:
+    """Whether `run_feedback_segment` takes g and the run's latents: every adaptive layer has
+    its latent, the maps are as `accepts` wants and pooling indices are channels-last."""
+    if any(a and z is None for a, z in zip(adaptive, latents)):
+        return False  # the layer-by-layer path raises the error that names the layer
+    present = [z for z in latents if z is not None]
+    return accepts(g, *(z for z in present if z.is_floating_point())) and all(
+        z.is_contiguous(memory_format=torch.channels_last) for z in present if not z.is_floating_point()
+    )
+
+
 def norm_bias_relu(f: Tensor, bias: Tensor | None, drive: Tensor | None, relu: bool, eps: float):
     """InstanceNorm, then + bias (C,) if given, then AdaReLU if `relu` (driven by `drive`, the
     feedback at the ReLU's output, or plain on the first pass). f: (B, C, H, W) channels-last.
@@ -151,6 +162,42 @@ class _Unpool(torch.autograd.Function):
         return _extension().unpool_backward(d_full, index, ctx.size), None, None
 
 
+def feedback_norm(g: Tensor, index: Tensor | None, mask: Tensor | None, size: int, eps: float):
+    """The feedback (eq. 2) through [InstanceNorm, Bias, AdaReLU?, AdaPool?] in one kernel, g at
+    the run's output: u = unpool(g) with AdaPool's `index` (g pooled), m = mask * u with
+    AdaReLU's mask, out = InstanceNorm(m). At least one of index and mask. Returns
+    (u or None, m or None, out); u and m are the signals arriving at the ReLU and the bias."""
+    pooled, masked = index is not None, mask is not None
+    outputs = list(_FeedbackNorm.apply(g, index, mask, size, eps))
+    unpooled = outputs.pop(0) if pooled else None
+    masked_map = outputs.pop(0) if masked else None
+    return unpooled, masked_map, outputs[0]
+
+
+class _FeedbackNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, g, index, mask, size, eps):
+        unpooled, masked, out, r = _extension().feedback_norm_forward(g, _or_empty(index), _or_empty(mask), size, eps)
+        ctx.size, ctx.pooled, ctx.masked = size, index is not None, mask is not None
+        ctx.save_for_backward(masked if ctx.masked else unpooled, r, index, mask)
+        ctx.set_materialize_grads(False)  # unused outputs' gradients stay None
+        return (*((unpooled,) if ctx.pooled else ()), *((masked,) if ctx.masked else ()), out)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        normed, r, index, mask = ctx.saved_tensors
+        grads = list(grads)
+        d_unpooled = grads.pop(0) if ctx.pooled else None
+        d_masked = grads.pop(0) if ctx.masked else None
+        d_out = torch.zeros_like(normed) if grads[0] is None else grads[0]  # only the signals were used
+        # the gradient of the map the norm read adds before the mask; u's (if masked) after it
+        d_normed, d_after_mask = (d_masked, d_unpooled) if ctx.masked else (d_unpooled, None)
+        d_g = _extension().feedback_norm_backward(d_out, normed, r, _or_empty(index), _or_empty(mask),
+                                                  _or_empty(d_normed), _or_empty(d_after_mask), ctx.size)
+        return d_g, None, None, None, None
+
+
 def norm_segments(layers: Sequence[torch.nn.Module]) -> dict[int, int]:
     """Runs of InstanceNorm, spatial Bias and optionally AdaReLU that `run_norm_segment`
     computes in one kernel: {index of the norm: index after the run's last layer}."""
@@ -169,6 +216,42 @@ def run_norm_segment(layers: Sequence[torch.nn.Module], h: Tensor, drive: Tensor
     Returns (output, the ReLU's mask or None): what the layers one by one return."""
     norm, bias, *relu = layers
     return norm_bias_relu(h, bias.bias, drive if relu else None, bool(relu), norm.eps)
+
+
+def feedback_segments(layers: Sequence[torch.nn.Module]) -> dict[int, int]:
+    """Runs [InstanceNorm, spatial Bias, AdaReLU?, AdaPool?] with a ReLU or a pool, whose
+    feedback `run_feedback_segment` computes in one kernel: {index of the run's top layer
+    (where the feedback enters): index of the norm}."""
+    from cnnf.layers import AdaPool
+
+    runs = {}
+    for norm, stop in norm_segments(layers).items():
+        top = stop if stop < len(layers) and isinstance(layers[stop], AdaPool) else stop - 1
+        if top > norm + 1:  # a ReLU or a pool above the bias
+            runs[top] = norm
+    return runs
+
+
+def run_feedback_segment(layers: Sequence[torch.nn.Module], g: Tensor, latents: Sequence[Tensor | None]):
+    """The feedback of one `feedback_segments` run, g at its top layer's output, latents one per
+    layer of the run. Returns (signals arriving at each layer's output, features below the
+    norm): what the layers' `feedback` one by one give."""
+    from cnnf.layers import AdaPool, AdaReLU
+
+    norm, *_ = layers
+    pool = layers[-1] if isinstance(layers[-1], AdaPool) else None
+    relu_at = next((i for i, layer in enumerate(layers) if isinstance(layer, AdaReLU)), None)
+    index = latents[-1] if pool else None
+    mask = None if relu_at is None else latents[relu_at]
+    unpooled, masked, features = feedback_norm(g, index, mask, pool.size if pool else 1, norm.eps)
+    above_relu = g if pool is None else unpooled  # the signal at the ReLU's output
+    below_relu = above_relu if mask is None else masked  # at the bias and the norm
+    signals = [below_relu, below_relu]
+    if relu_at is not None:
+        signals.append(above_relu)
+    if pool is not None:
+        signals.append(g)
+    return tuple(signals), features
 
 
 def _or_empty(t: Tensor | None) -> Tensor:

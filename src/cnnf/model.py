@@ -104,6 +104,7 @@ class CNNF(nn.Module):
         built, self.block_ends, self.shapes = architecture.build(spec)
         self.layers = nn.ModuleList(built)
         self._norm_segments = fused.norm_segments(self.layers)  # layer runs one fused kernel computes
+        self._feedback_segments = fused.feedback_segments(self.layers)  # the same for the feedback
         self.spec = {"input_shape": list(spec["input_shape"]), "blocks": [list(b) for b in spec["blocks"]]}
         _check_settings(iterations, reconstruct_to, output, residual, len(self.block_ends) - 1)
         self.iterations = iterations
@@ -163,11 +164,20 @@ class CNNF(nn.Module):
         stop = self._position(to_layer)
         signals: list[Tensor | None] = [None] * len(self.layers)
         g = logits
-        for i in range(len(self.layers) - 1, stop - 1, -1):
+        i = len(self.layers) - 1
+        while i >= stop:
+            norm = self._feedback_segments.get(i)  # fused: [norm, bias, relu?, pool?] in one kernel
+            if norm is not None and norm >= stop:
+                run = slice(norm, i + 1)
+                if fused.accepts_feedback(g, latents[run], [layer.adaptive for layer in self.layers[run]]):
+                    signals[run], g = fused.run_feedback_segment(self.layers[run], g, latents[run])
+                    i = norm - 1
+                    continue
             if self.layers[i].adaptive and latents[i] is None:
                 raise ValueError(f"no latent for layer {i}; the latents come from a pass that started above it")
             signals[i] = g
             g = self.layers[i].feedback(g, latents[i])
+            i -= 1
         return Feedback(g, tuple(signals))
 
     def generate(self, logits: Tensor, latents: Latents, to_layer: int | None = None) -> Tensor:

@@ -12,12 +12,15 @@
 //                            index of the chosen pixel                           (AdaPool, eq. 3)
 //   unpool_forward/backward: AdaPool's feedback, g placed at the chosen pixels   (eq. 2), and
 //                            its gradient, a gather (unpool_forward is AdaPool's backward)
+//   feedback_norm_forward:   the feedback through [norm, bias, AdaReLU?, AdaPool?] (eq. 2):
+//                            u = unpool(g), m = z * u, y = m * r(m); and its backward
 
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -324,10 +327,219 @@ at::Tensor unpool_backward(const at::Tensor& d_full, const at::Tensor& index, in
   return d_g;
 }
 
+namespace {
+
+// Visits a (height x width) NHWC plane window by window (size x size; size 1 = pixel by
+// pixel): visit(offset of the window in the pooled plane, flat pixel h * width + w, offset of
+// the pixel in the plane). Window-major order keeps a window's pooled row in registers.
+template <typename Visit>
+void for_each_window_pixel(int64_t height, int64_t width, int64_t size, int64_t channels, Visit&& visit) {
+  const int64_t pooled_height = height / size, pooled_width = width / size;
+  for (int64_t oh = 0; oh < pooled_height; ++oh) {
+    for (int64_t ow = 0; ow < pooled_width; ++ow) {
+      const int64_t window = (oh * pooled_width + ow) * channels;
+      for (int64_t i = 0; i < size; ++i) {
+        for (int64_t j = 0; j < size; ++j) {
+          const int64_t at = (oh * size + i) * width + ow * size + j;
+          visit(window, at, at * channels);
+        }
+      }
+    }
+  }
+}
+
+// One pixel of feedback_norm_sample's first pass (its own function, so that the pointers are
+// __restrict__ and the channel loop vectorises without aliasing checks): u = g where index
+// chose this pixel, else 0; m = mask * u; sum += m^2.
+template <typename T, bool pooled, bool masked>
+inline void feedback_norm_pixel(const T* __restrict__ g, const int64_t* __restrict__ index, const T* __restrict__ mask,
+                                int64_t at, int64_t channels, T* __restrict__ unpooled, T* __restrict__ masked_out,
+                                T* __restrict__ sum) {
+  for (int64_t c = 0; c < channels; ++c) {
+    T v = g[c];
+    if constexpr (pooled) {
+      v = index[c] == at ? v : T(0);
+      unpooled[c] = v;
+    }
+    if constexpr (masked) {
+      v *= mask[c];
+      masked_out[c] = v;
+    }
+    sum[c] += v * v;
+  }
+}
+
+// One pixel of feedback_norm_backward_sample's second pass: the gradient wrt the norm's input,
+// plus the outputs' own gradients, through the mask, to g (at the chosen pixel if pooled).
+template <typename T, bool pooled, bool masked>
+inline void feedback_norm_backward_pixel(const T* __restrict__ d_out, const T* __restrict__ normed,
+                                         const T* __restrict__ r, const T* __restrict__ dot,
+                                         const int64_t* __restrict__ index, const T* __restrict__ mask,
+                                         const T* __restrict__ d_normed, const T* __restrict__ d_unpooled, int64_t at,
+                                         int64_t channels, T* __restrict__ d_g) {
+  for (int64_t c = 0; c < channels; ++c) {
+    T d = r[c] * (d_out[c] - (normed[c] * r[c]) * dot[c]);
+    if (d_normed) d += d_normed[c];
+    if constexpr (masked) {
+      d *= mask[c];
+      if (d_unpooled) d += d_unpooled[c];
+    }
+    if constexpr (pooled) {
+      d_g[c] = index[c] == at ? d : d_g[c];  // a select, not a branch: vectorises
+    } else {
+      d_g[c] = d;
+    }
+  }
+}
+
+// One sample of feedback_norm_forward on its (height x width) x channels NHWC plane. `pooled`:
+// g is at the pooled resolution and goes to the pixels `index` chose (u); `masked`: u is
+// multiplied by the ReLU mask (m). Pass 1 writes u and m and sums m^2; pass 2 scales m, which
+// is still in cache, by r = (mean m^2 + eps)^(-1/2). Without pooling u is g itself.
+template <typename T, bool pooled, bool masked>
+void feedback_norm_sample(const T* __restrict__ g, const int64_t* __restrict__ index, const T* __restrict__ mask,
+                          int64_t height, int64_t width, int64_t size, int64_t channels, double eps,
+                          T* __restrict__ unpooled, T* __restrict__ masked_out, T* __restrict__ out,
+                          T* __restrict__ r, T* __restrict__ sum) {
+  std::fill(sum, sum + channels, T(0));
+  for_each_window_pixel(height, width, size, channels, [&](int64_t from, int64_t at, int64_t o) {
+    feedback_norm_pixel<T, pooled, masked>(g + from, pooled ? index + from : nullptr, masked ? mask + o : nullptr,
+                                           at, channels, pooled ? unpooled + o : nullptr,
+                                           masked ? masked_out + o : nullptr, sum);
+  });
+  const int64_t pixels = height * width;
+  for (int64_t c = 0; c < channels; ++c) r[c] = T(1.0 / std::sqrt(double(sum[c]) / double(pixels) + eps));
+  const T* __restrict__ normed = masked ? masked_out : unpooled;
+  for (int64_t p = 0; p < pixels; ++p) {
+    for (int64_t c = 0; c < channels; ++c) out[p * channels + c] = normed[p * channels + c] * r[c];
+  }
+}
+
+// One sample of feedback_norm_backward. `normed` is the map the norm read (m, or u without a
+// mask); d_normed and d_unpooled are the gradients of the forward's m / u outputs (nullptr
+// where unused). d_g is written at the chosen pixels (pooled) or everywhere.
+template <typename T, bool pooled, bool masked>
+void feedback_norm_backward_sample(const T* __restrict__ d_out, const T* __restrict__ normed, const T* __restrict__ r,
+                                   const int64_t* __restrict__ index, const T* __restrict__ mask,
+                                   const T* __restrict__ d_normed, const T* __restrict__ d_unpooled, int64_t height,
+                                   int64_t width, int64_t size, int64_t channels, T* __restrict__ d_g,
+                                   T* __restrict__ dot) {
+  const int64_t pixels = height * width;
+  std::fill(dot, dot + channels, T(0));
+  for (int64_t p = 0; p < pixels; ++p) {
+    for (int64_t c = 0; c < channels; ++c) dot[c] += d_out[p * channels + c] * (normed[p * channels + c] * r[c]);
+  }
+  for (int64_t c = 0; c < channels; ++c) dot[c] /= T(pixels);
+  for_each_window_pixel(height, width, size, channels, [&](int64_t to, int64_t at, int64_t o) {
+    feedback_norm_backward_pixel<T, pooled, masked>(
+        d_out + o, normed + o, r, dot, pooled ? index + to : nullptr, masked ? mask + o : nullptr,
+        d_normed ? d_normed + o : nullptr, d_unpooled ? d_unpooled + o : nullptr, at, channels, d_g + (pooled ? to : o));
+  });
+}
+
+// Calls kernel(pooled, masked) with the flags as std::bool_constant, so that the kernel can
+// pass them on as template arguments (one branch-free instance per case).
+template <typename Kernel>
+void with_flags(bool pooled, bool masked, Kernel&& kernel) {
+  if (pooled && masked) kernel(std::true_type{}, std::true_type{});
+  else if (pooled) kernel(std::true_type{}, std::false_type{});
+  else kernel(std::false_type{}, std::true_type{});
+}
+
+template <typename T>
+const T* or_null(const at::Tensor& t) {
+  return t.defined() && t.numel() ? t.const_data_ptr<T>() : nullptr;
+}
+
+}  // namespace
+
+// The feedback through a [norm, bias, AdaReLU?, AdaPool?] run, with g at the run's output:
+// with `index` (pooled g, AdaPool's choice), u = unpool(g); with `mask` (AdaReLU's z), m = z * u;
+// out = InstanceNorm(m). Bias is the identity in feedback. At least one of index and mask.
+// Returns (u or empty, m or empty, out, r (B, C)); u and m are the signals at those layers.
+std::vector<at::Tensor> feedback_norm_forward(const at::Tensor& g, const at::Tensor& index, const at::Tensor& mask,
+                                              int64_t size, double eps) {
+  const bool pooled = index.numel() > 0, masked = mask.numel() > 0;
+  TORCH_CHECK(pooled || masked, "feedback_norm needs a pooling index, a ReLU mask or both");
+  if (pooled) check_unpool(g, index, size);
+  else check_map(g, "g");
+  const int64_t batch = g.size(0), channels = g.size(1);
+  const int64_t height = pooled ? g.size(2) * size : g.size(2), width = pooled ? g.size(3) * size : g.size(3);
+  const auto options = g.options();
+  at::Tensor full = at::empty({batch, channels, height, width}, options, kChannelsLast);
+  if (masked) {
+    check_map(mask, "mask");
+    TORCH_CHECK(mask.sizes() == full.sizes(), "mask must have the shape of the unpooled map");
+  }
+  at::Tensor unpooled = pooled ? full : at::empty({0}, options);
+  at::Tensor masked_out = masked ? at::empty_like(full, kChannelsLast) : at::empty({0}, options);
+  at::Tensor out = at::empty_like(full, kChannelsLast);
+  at::Tensor r = at::empty({batch, channels}, options);
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "feedback_norm_forward", [&] {
+    using T = scalar_t;
+    const int64_t plane = height * width * channels, in_plane = g.size(2) * g.size(3) * channels;
+    with_flags(pooled, masked, [&](auto pooled_flag, auto masked_flag) {
+      constexpr bool P = decltype(pooled_flag)::value, M = decltype(masked_flag)::value;
+      at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+        std::vector<T> sum(channels);
+        for (int64_t n = begin; n < end; ++n) {
+          feedback_norm_sample<T, P, M>(
+              g.const_data_ptr<T>() + n * in_plane, P ? index.const_data_ptr<int64_t>() + n * in_plane : nullptr,
+              M ? mask.const_data_ptr<T>() + n * plane : nullptr, height, width, pooled ? size : 1, channels, eps,
+              P ? unpooled.mutable_data_ptr<T>() + n * plane : nullptr,
+              M ? masked_out.mutable_data_ptr<T>() + n * plane : nullptr, out.mutable_data_ptr<T>() + n * plane,
+              r.mutable_data_ptr<T>() + n * channels, sum.data());
+        }
+      });
+    });
+  });
+  return {unpooled, masked_out, out, r};
+}
+
+// Gradient of feedback_norm_forward wrt g: d_out (like out), the saved `normed` map (m, or u
+// without a mask) and r; d_normed / d_unpooled are the gradients of the m / u outputs or empty.
+at::Tensor feedback_norm_backward(const at::Tensor& d_out, const at::Tensor& normed, const at::Tensor& r,
+                                  const at::Tensor& index, const at::Tensor& mask, const at::Tensor& d_normed,
+                                  const at::Tensor& d_unpooled, int64_t size) {
+  const bool pooled = index.numel() > 0, masked = mask.numel() > 0;
+  TORCH_CHECK(pooled || masked, "feedback_norm needs a pooling index, a ReLU mask or both");
+  check_map(normed, "normed");
+  const at::Tensor grad = d_out.contiguous(kChannelsLast);
+  const at::Tensor grad_normed = d_normed.numel() ? d_normed.contiguous(kChannelsLast) : d_normed;
+  const at::Tensor grad_unpooled = d_unpooled.numel() ? d_unpooled.contiguous(kChannelsLast) : d_unpooled;
+  const int64_t batch = normed.size(0), channels = normed.size(1), height = normed.size(2), width = normed.size(3);
+  at::Tensor d_g = pooled ? at::empty(index.sizes(), normed.options(), kChannelsLast).zero_()  // zeros: see unpool_backward
+                          : at::empty_like(normed, kChannelsLast);
+  if (pooled) check_unpool(d_g, index, size);
+  AT_DISPATCH_FLOATING_TYPES(normed.scalar_type(), "feedback_norm_backward", [&] {
+    using T = scalar_t;
+    const int64_t plane = height * width * channels, g_plane = d_g.size(2) * d_g.size(3) * channels;
+    const T* dn = or_null<T>(grad_normed);
+    const T* du = or_null<T>(grad_unpooled);
+    with_flags(pooled, masked, [&](auto pooled_flag, auto masked_flag) {
+      constexpr bool P = decltype(pooled_flag)::value, M = decltype(masked_flag)::value;
+      at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+        std::vector<T> dot(channels);
+        for (int64_t n = begin; n < end; ++n) {
+          feedback_norm_backward_sample<T, P, M>(
+              grad.const_data_ptr<T>() + n * plane, normed.const_data_ptr<T>() + n * plane,
+              r.const_data_ptr<T>() + n * channels, P ? index.const_data_ptr<int64_t>() + n * g_plane : nullptr,
+              M ? mask.const_data_ptr<T>() + n * plane : nullptr, dn ? dn + n * plane : nullptr,
+              du ? du + n * plane : nullptr, height, width, pooled ? size : 1, channels,
+              d_g.mutable_data_ptr<T>() + n * (P ? g_plane : plane), dot.data());
+        }
+      });
+    });
+  });
+  return d_g;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("norm_bias_relu_forward", &norm_bias_relu_forward);
   m.def("norm_bias_relu_backward", &norm_bias_relu_backward);
   m.def("adaptive_pool_forward", &adaptive_pool_forward);
   m.def("unpool_forward", &unpool_forward);
   m.def("unpool_backward", &unpool_backward);
+  m.def("feedback_norm_forward", &feedback_norm_forward);
+  m.def("feedback_norm_backward", &feedback_norm_backward);
 }
