@@ -49,7 +49,7 @@ from cnnf.layers import Conv2d, Linear
 from cnnf.losses import cnnf_loss
 from cnnf.model import CNNF
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET_OVERHEAD = 1.2
 """The project's target: N iterations cost at most 1.2x what their MAC count predicts."""
@@ -176,6 +176,27 @@ def time_rate(fn: Callable[[], object], work: float, s: Settings) -> Stats:
     return rate(work, seconds_per_call(fn, s.warmup, s.repeats, s.steps))
 
 
+Ceiling = tuple[Callable[[], object], float]
+"""A ceiling kernel and its GFLOP per call."""
+
+
+def time_paired(fn: Callable[[], object], work: float, ceiling: Ceiling, s: Settings, calls: int) -> tuple[Stats, Stats]:
+    """Work per second of `fn` and GFLOP/s of the ceiling kernel, timed in turns: every timed
+    run of `calls` calls of fn is followed by a run of the ceiling kernel, so both see the
+    same moment of a shared host, whose speed drifts from minute to minute (measured: the
+    same convolution at 161 and 228 GFLOP/s five minutes apart). Returns (fn's rates, the
+    ceiling's rates), run by run."""
+    kernel, gflop = ceiling
+    for _ in range(s.warmup):
+        fn()
+        kernel()
+    rates, ceilings = [], []
+    for _ in range(s.repeats):
+        rates.append(work / seconds_per_call(fn, 0, 1, calls)[0])
+        ceilings.append(gflop / seconds_per_call(kernel, 0, 1, s.steps)[0])
+    return summarize(rates), summarize(ceilings)
+
+
 # --- Ceilings ----------------------------------------------------------------------------------
 
 
@@ -195,8 +216,11 @@ def conv_ceiling(model: CNNF, s: Settings) -> dict:
     counted as 3x the forward FLOPs). The ceiling is the faster layout of each."""
     index = largest_conv(model)
     layer = model.layers[index]
-    gflop = 2 * layer_macs(model, index) * s.batch / 1e9
-    by_layout = {name: _conv_rates(model, index, layout, gflop, s) for name, layout in LAYOUTS.items()}
+    by_layout = {
+        name: {kind: time_rate(kernel, gflop, s) for kind, (kernel, gflop) in conv_kernels(model, layout, s.batch).items()}
+        for name, layout in LAYOUTS.items()
+    }
+    faster = {kind: max(by_layout, key=lambda name: by_layout[name][kind]["median"]) for kind in CEILING_KINDS}
     return {
         "layer": index,
         "input_shape": [s.batch, *model.shapes[index]],
@@ -204,31 +228,24 @@ def conv_ceiling(model: CNNF, s: Settings) -> dict:
         "padding": layer.padding,
         "macs_per_image": layer_macs(model, index),
         "by_layout": by_layout,
-        **{
-            kind: max((rates[kind] for rates in by_layout.values()), key=lambda stats: stats["median"])
-            for kind in ("forward", "forward_backward")
-        },
+        "faster_layout": faster,
+        **{kind: by_layout[faster[kind]][kind] for kind in CEILING_KINDS},
     }
 
 
-def use_higher_ceiling(result: dict, conv: dict, again: dict) -> None:
-    """Measure the ceiling twice, before and after a model's rows, and rate every row against
-    the higher of the two: on a shared host the machine's speed drifts between minutes (a
-    slow moment at the first measurement would otherwise inflate every fraction)."""
-    conv["after"] = {kind: again[kind] for kind in ("forward", "forward_backward")}
-    for rows, kind in ((result["train"], "forward_backward"), (result["inference"], "forward"),
-                       (result["attacks"].get("rows", []), "forward_backward")):
-        ceiling = max(conv[kind]["median"], again[kind]["median"])
-        for row in rows:
-            row["ceiling_gflops"] = ceiling
-            row["ceiling_fraction"] = row["gflops"] / ceiling
+CEILING_KINDS = ("forward", "forward_backward")
+"""The ceiling of inference and of training (and attacks, which also run backward)."""
 
 
-def _conv_rates(model: CNNF, index: int, layout: torch.memory_format, gflop: float, s: Settings) -> dict:
+def conv_kernels(model: CNNF, layout: torch.memory_format, batch: int) -> dict[str, Ceiling]:
+    """The network's largest convolution as ceiling kernels in `layout`: {"forward",
+    "forward_backward"} -> (kernel, GFLOP per call)."""
+    index = largest_conv(model)
     layer = model.layers[index]
-    x = torch.randn(s.batch, *model.shapes[index]).contiguous(memory_format=layout)
+    gflop = 2 * layer_macs(model, index) * batch / 1e9
+    x = torch.randn(batch, *model.shapes[index]).contiguous(memory_format=layout)
     weight = torch.randn(layer.weight.shape)
-    grad_out = torch.randn(s.batch, *model.shapes[index + 1]).contiguous(memory_format=layout)
+    grad_out = torch.randn(batch, *model.shapes[index + 1]).contiguous(memory_format=layout)
     x_grad, weight_grad = x.clone().requires_grad_(), weight.clone().requires_grad_()
 
     def forward_backward() -> None:
@@ -236,8 +253,8 @@ def _conv_rates(model: CNNF, index: int, layout: torch.memory_format, gflop: flo
         torch.autograd.grad(out, (x_grad, weight_grad), grad_out)
 
     return {
-        "forward": time_rate(lambda: F.conv2d(x, weight, padding=layer.padding), gflop, s),
-        "forward_backward": time_rate(forward_backward, 3 * gflop, s),
+        "forward": (lambda: F.conv2d(x, weight, padding=layer.padding), gflop),
+        "forward_backward": (forward_backward, 3 * gflop),
     }
 
 
@@ -276,17 +293,20 @@ def inference_step(model: CNNF, batch: int) -> Callable[[], None]:
     return step
 
 
-def throughput_row(iterations: int, macs: int, images_per_s: Stats, ceiling: float, base: dict | None) -> dict:
-    """A measurement with its achieved GFLOP/s, fraction of the ceiling and, against the N = 0
-    row `base`, the measured time ratio over the MAC ratio (1.0 = exactly as the MACs predict)."""
+def throughput_row(iterations: int, macs: int, images_per_s: Stats, ceiling: Stats, base: dict | None) -> dict:
+    """A measurement with its achieved GFLOP/s, fraction of the ceiling measured run by run next
+    to it (the median of the per-run fractions) and, against the N = 0 row `base`, the measured
+    time ratio over the MAC ratio (1.0 = exactly as the MACs predict)."""
     gflops = 2 * macs * images_per_s["median"] / 1e9
+    fractions = [2 * macs * r / 1e9 / c for r, c in zip(images_per_s["runs"], ceiling["runs"])]
     row = {
         "iterations": iterations,
         "macs_per_image": macs,
         "images_per_s": images_per_s,
         "gflops": gflops,
         "ceiling_gflops": ceiling,
-        "ceiling_fraction": gflops / ceiling,
+        "ceiling_fraction": statistics.median(fractions),
+        "ceiling_fractions": summarize(fractions),
         "time_ratio": None,
         "mac_ratio": None,
         "overhead": None,
@@ -298,22 +318,23 @@ def throughput_row(iterations: int, macs: int, images_per_s: Stats, ceiling: flo
     return row
 
 
-def measure_throughput(name: str, mode: str, ceiling: float, s: Settings) -> list[dict]:
-    """Training-step ("train") or inference ("inference") images/s for every N of the run."""
+def measure_throughput(name: str, mode: str, ceiling: Ceiling, s: Settings) -> list[dict]:
+    """Training-step ("train") or inference ("inference") images/s for every N of the run, each
+    timed in turns with the ceiling kernel."""
     make_step, count = (training_step, training_macs) if mode == "train" else (inference_step, inference_macs)
     rows: list[dict] = []
     base = None
     for n in s.iterations:
         torch.manual_seed(0)
         model = cnnf.create_model(name, iterations=n)
-        images_per_s = time_rate(make_step(model, s.batch), s.batch, s)
-        row = throughput_row(n, count(model, n), images_per_s, ceiling, base)
+        images_per_s, ceiling_rates = time_paired(make_step(model, s.batch), s.batch, ceiling, s, s.steps)
+        row = throughput_row(n, count(model, n), images_per_s, ceiling_rates, base)
         base = row if n == 0 else base
         rows.append(row)
     return rows
 
 
-def measure_attacks(name: str, ceiling: float, s: Settings) -> dict:
+def measure_attacks(name: str, ceiling: Ceiling, s: Settings) -> dict:
     """PGD-7 images/s on one batch against the model with the run's largest N, with gradients
     end to end ("e2e") and from the first feedforward pass ("first"). One attack per timed
     run; skipped with a note when cnnf.attacks is missing or its API does not fit."""
@@ -330,12 +351,14 @@ def measure_attacks(name: str, ceiling: float, s: Settings) -> dict:
     for source in ATTACK_SOURCES:
         try:
             model_fn = gradient_source(model, source)
-            seconds = seconds_per_call(lambda: pgd(model_fn, x, y, ATTACK_EPS, ATTACK_STEPS), 1, s.repeats, 1)
+            attack = replace(s, warmup=1)  # one untimed attack, then one attack per timed run
+            images_per_s, ceiling_rates = time_paired(lambda: pgd(model_fn, x, y, ATTACK_EPS, ATTACK_STEPS), s.batch,
+                                                      ceiling, attack, 1)
         except Exception as error:  # the attack API is still settling; keep the rest of the run
             result["note"] = f"stopped at source {source!r}: {type(error).__name__}: {error}"
             return result
         macs = attack_macs(model, iterations if source == "e2e" else 0)
-        row = throughput_row(iterations, macs, rate(s.batch, seconds), ceiling, None)
+        row = throughput_row(iterations, macs, images_per_s, ceiling_rates, None)
         result["rows"].append({"source": source, **row})
     return result
 
@@ -476,8 +499,8 @@ def run_benchmarks(s: Settings) -> dict:
         model = cnnf.create_model(name)
         conv = conv_ceiling(model, s)
         report["ceilings"]["conv"][name] = conv
-        forward_ceiling = conv["forward"]["median"]
-        backward_ceiling = conv["forward_backward"]["median"]
+        kernels = {kind: conv_kernels(model, LAYOUTS[conv["faster_layout"][kind]], s.batch)[kind] for kind in CEILING_KINDS}
+        forward_ceiling, backward_ceiling = kernels["forward"], kernels["forward_backward"]
         report["models"][name] = {
             "reconstruct_to": model.reconstruct_to,
             "first_pass_macs": pass_macs(model, 0),
@@ -488,7 +511,6 @@ def run_benchmarks(s: Settings) -> dict:
             "memory": measure_memory(name, s),
             "allocator": measure_allocator(name, s),
         }
-        use_higher_ceiling(report["models"][name], conv, conv_ceiling(model, s))
     report["machine"]["load_average_end"] = list(os.getloadavg())
     report["warnings"] = load_warnings(report["machine"])
     report["elapsed_s"] = time.perf_counter() - started
@@ -556,6 +578,11 @@ def fmt_stats(stats: Stats, digits: int = 1) -> str:
     return f"{fmt(stats['median'], digits)} [{fmt(stats['min'], digits)}–{fmt(stats['max'], digits)}]"
 
 
+def fmt_percent(fractions: Stats) -> str:
+    """Per-run fractions as percent: median [min–max]."""
+    return fmt_stats({k: 100 * v for k, v in fractions.items() if k != "runs"}, 0)
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
@@ -594,38 +621,38 @@ def ceilings_markdown(report: dict) -> list[str]:
             rows.append((f"{name} layer {conv['layer']} conv forward", shape, layout, fmt_stats(rates["forward"])))
             rows.append((f"{name} layer {conv['layer']} conv forward + backward", shape, layout,
                          fmt_stats(rates["forward_backward"])))
-        if "after" in conv:
-            for kind, label in (("forward", "forward"), ("forward_backward", "forward + backward")):
-                rows.append((f"{name} layer {conv['layer']} conv {label}, again after the model's rows", shape,
-                             "faster", fmt_stats(conv["after"][kind])))
-    note = ("The ceiling used below is the faster layout of each (the model keeps feature maps channels-last), "
-            "and of the two measurements, before and after the model's rows, the higher.")
+    note = ("The ceiling of each row below is this convolution in the faster layout (the model keeps feature "
+            "maps channels-last), forward for inference, forward + backward for training and attacks, timed "
+            "in turns with the row: each timed run of the model is followed by one of the ceiling, and "
+            "% ceiling is the median of the per-run ratios.")
     return ["## Ceilings (GFLOP/s, median [min–max])", "",
             *table(("kernel", "shape", "layout", "GFLOP/s"), rows), "", note, ""]
 
 
 def throughput_markdown(report: dict) -> list[str]:
-    header = ("model", "mode", "N", "MMAC/img", "images/s", "GFLOP/s", "% ceiling",
+    header = ("model", "mode", "N", "MMAC/img", "images/s", "GFLOP/s", "ceiling GFLOP/s", "% ceiling",
               "time / N=0", "MAC / N=0", f"overhead (target ≤ {TARGET_OVERHEAD})")
     rows = []
     for name, result in report["models"].items():
         for mode in ("train", "inference"):
             for row in result[mode]:
                 rows.append((name, mode, str(row["iterations"]), fmt(row["macs_per_image"] / 1e6),
-                             fmt_stats(row["images_per_s"]), fmt(row["gflops"]), fmt(100 * row["ceiling_fraction"], 0),
+                             fmt_stats(row["images_per_s"]), fmt(row["gflops"]), fmt_stats(row["ceiling_gflops"], 0),
+                             fmt_percent(row["ceiling_fractions"]),
                              fmt(row["time_ratio"], 2), fmt(row["mac_ratio"], 2), fmt(row["overhead"], 2)))
     title = f"## Throughput, batch {report['settings']['batch']} (images/s median [min–max])"
     return [title, "", *table(header, rows), ""]
 
 
 def attacks_markdown(report: dict) -> list[str]:
-    header = ("model", "gradients", "N", "MMAC/img", "images/s", "GFLOP/s", "% ceiling")
+    header = ("model", "gradients", "N", "MMAC/img", "images/s", "GFLOP/s", "ceiling GFLOP/s", "% ceiling")
     rows, notes = [], []
     for name, result in report["models"].items():
         attacks = result["attacks"]
         for row in attacks["rows"]:
             rows.append((name, row["source"], str(attacks["iterations"]), fmt(row["macs_per_image"] / 1e6),
-                         fmt_stats(row["images_per_s"]), fmt(row["gflops"]), fmt(100 * row["ceiling_fraction"], 0)))
+                         fmt_stats(row["images_per_s"]), fmt(row["gflops"]), fmt_stats(row["ceiling_gflops"], 0),
+                         fmt_percent(row["ceiling_fractions"])))
         if attacks["note"]:
             notes.append(f"- {name}: {attacks['note']}")
     title = f"## PGD-{ATTACK_STEPS} attack, eps {ATTACK_EPS} (images/s median [min–max])"

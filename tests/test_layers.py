@@ -27,6 +27,19 @@ def test_conv_adjoint_without_padding():
     assert torch.allclose(_inner(out, g), _inner(f, conv.feedback(g, None)), rtol=1e-12)
 
 
+@pytest.mark.parametrize("padding", [0, 1])
+def test_conv_adjoint_down_to_one_channel(padding):
+    """The feedback to one channel (paper_mnist's to the pixels) has its own matmul form."""
+    conv = layers.Conv2d(1, 4, 3, padding=padding).double()
+    size = 9 - 2 * (1 - padding)
+    f, g = torch.randn(2, 1, 9, 9), torch.randn(2, 4, size, size).contiguous(memory_format=torch.channels_last)
+    out, _ = conv(f)
+    assert torch.allclose(_inner(out, g), _inner(f, conv.feedback(g, None)), rtol=1e-12)
+    assert torch.allclose(conv.feedback(g, None), F.conv_transpose2d(g, conv.weight, padding=padding), rtol=1e-12)
+    assert torch.autograd.gradcheck(lambda t, w: layers._ConvTransposeToOneChannel.apply(t, w, padding),
+                                    (g.requires_grad_(), conv.weight))
+
+
 def test_linear_adjoint_and_single_parameter():
     lin = layers.Linear(7, 4).double()
     f, g = torch.randn(3, 7), torch.randn(3, 4)
