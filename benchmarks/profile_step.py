@@ -17,6 +17,11 @@ from cnnf.allocator import keep_freed_memory
 from run import inference_step, training_step
 
 
+DENSE_OPS = {"aten::mkldnn_convolution", "aten::_convolution", "aten::convolution_backward", "aten::mm",
+             "aten::addmm", "aten::bmm"}
+"""The ops whose time the MAC count describes; the rest is memory-bound work and overhead."""
+
+
 def profile_table(name: str, mode: str, iterations: int, batch: int, steps: int, rows: int) -> str:
     """The `rows` ops with the most self CPU time, in ms per step, with their input shapes."""
     model = cnnf.create_model(name, iterations=iterations)
@@ -27,7 +32,9 @@ def profile_table(name: str, mode: str, iterations: int, batch: int, steps: int,
             step()
     events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in events)
-    lines = [f"{name} {mode} N={iterations} batch {batch}: {total / steps / 1e3:.0f} ms of op time per step",
+    dense = sum(e.self_cpu_time_total for e in events if e.key in DENSE_OPS)
+    lines = [f"{name} {mode} N={iterations} batch {batch}: {total / steps / 1e3:.0f} ms of op time per step, "
+             f"{100 * dense / total:.0f} % of it in convolutions and matmuls",
              f"{'ms/step':>8} {'share':>6} {'calls':>5}  op  input shapes"]
     for e in events[:rows]:
         lines.append(f"{e.self_cpu_time_total / steps / 1e3:8.1f} {100 * e.self_cpu_time_total / total:5.1f}% "

@@ -1,0 +1,119 @@
+"""What one optimisation buys: images/s with it and without it, measured interleaved in one
+process (on, off, off, on, ...), so that a shared host's drift between two separate `run.py`
+reports does not enter the ratio.
+
+    python benchmarks/speedup.py                             # the fused kernels; both models, N = 1 and 5
+    python benchmarks/speedup.py --switch feedback --rounds 8
+    python benchmarks/speedup.py --switch one-channel-conv --models paper_mnist
+
+Switches, and what runs when one is off:
+    kernels            every `cnnf.fused` kernel off: the layers' torch code
+    feedback           the fused feedback through [norm, bias, AdaReLU?, AdaPool?] off: layer by layer
+    one-channel-conv   Conv2d's matmul form of the transposed convolution to one channel off:
+                       F.conv_transpose2d (oneDNN)
+
+Writes benchmarks/results/speedup-<switch>-<date>-<time>.{json,md} and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+
+import cnnf
+from cnnf import fused, layers
+from cnnf.allocator import keep_freed_memory
+from run import inference_step, training_step
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def _onednn_to_one_channel(g, weight, padding):
+    return layers.channels_last(F.conv_transpose2d(g, weight, padding=padding))
+
+
+SWITCHES = {
+    "kernels": lambda: mock.patch.object(fused, "accepts", lambda *maps: False),
+    "feedback": lambda: mock.patch.object(fused, "accepts_feedback", lambda *args: False),
+    "one-channel-conv": lambda: mock.patch.object(layers._ConvTransposeToOneChannel, "apply", _onednn_to_one_channel),
+}
+"""Name: a context manager under which the optimisation is off."""
+
+
+def images_per_s(step, batch: int, steps: int) -> float:
+    """Median images/s of `steps` timed calls after one untimed call."""
+    step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+def compare(switch: str, name: str, mode: str, iterations: int, batch: int, rounds: int, steps: int) -> dict:
+    """Median images/s with the optimisation on and off over interleaved rounds (the order
+    flips every round, so neither side always runs first)."""
+    model = cnnf.create_model(name, iterations=iterations)
+    step = (training_step if mode == "train" else inference_step)(model, batch)
+    rates = {"on": [], "off": []}
+    for round_ in range(rounds):
+        for state in ("on", "off") if round_ % 2 == 0 else ("off", "on"):
+            with contextlib.nullcontext() if state == "on" else SWITCHES[switch]():
+                rates[state].append(images_per_s(step, batch, steps))
+    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    return {"model": name, "mode": mode, "iterations": iterations, "on": on, "off": off, "speedup": on / off,
+            "runs": rates}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Speed-up of `{report['switch']}`, batch {report['batch']}, {report['threads']} threads", "",
+             f"{report['date']}; torch {torch.__version__}; fused kernels {'built' if report['kernels'] else 'absent'}; "
+             f"load average at start {', '.join(f'{v:.2f}' for v in report['load_average_start'])}; "
+             f"median of {report['rounds']} interleaved rounds of {report['steps']} steps; "
+             f"`python benchmarks/speedup.py --switch {report['switch']}`", "",
+             "| model | mode | N | on img/s | off img/s | speed-up |", "|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['model']} | {r['mode']} | {r['iterations']} | {r['on']:.1f} | {r['off']:.1f} "
+                     f"| {r['speedup']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--switch", choices=SWITCHES, default="kernels", help="the optimisation to measure")
+    parser.add_argument("--models", default="conv4_mnist,paper_mnist")
+    parser.add_argument("--iterations", default="1,5", help="comma-separated N (default 1,5)")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    if args.switch in ("kernels", "feedback") and not fused.available():
+        raise SystemExit("the fused kernels are not built (run `make setup`, and unset CNNF_FUSED=0)")
+    keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    report = {"switch": args.switch, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "batch": args.batch,
+              "threads": args.threads, "rounds": args.rounds, "steps": args.steps, "kernels": fused.available(),
+              "load_average_start": list(os.getloadavg()), "rows": []}
+    for name in args.models.split(","):
+        for mode in ("train", "inference"):
+            for n in map(int, args.iterations.split(",")):
+                report["rows"].append(compare(args.switch, name, mode, n, args.batch, args.rounds, args.steps))
+    stem = RESULTS / f"speedup-{args.switch}-{time.strftime('%Y-%m-%d-%H%M%S')}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    stem.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report) + f"\nwrote {stem}.json, {stem}.md")
+
+
+if __name__ == "__main__":
+    main()
