@@ -5,12 +5,15 @@ reports does not enter the ratio.
     python benchmarks/speedup.py                             # the fused kernels; both models, N = 1 and 5
     python benchmarks/speedup.py --switch feedback --rounds 8
     python benchmarks/speedup.py --switch one-channel-conv --models paper_mnist
+    python benchmarks/speedup.py --switch mse-layout --modes train
 
 Switches, and what runs when one is off:
     kernels            every `cnnf.fused` kernel off: the layers' torch code
     feedback           the fused feedback through [norm, bias, AdaReLU?, AdaPool?] off: layer by layer
     one-channel-conv   Conv2d's matmul form of the transposed convolution to one channel off:
                        F.conv_transpose2d (oneDNN)
+    mse-layout         the reconstruction loss on (B, H, W, C) views off: F.mse_loss on the
+                       maps, whose gradient comes back NCHW (training only)
 
 Writes benchmarks/results/speedup-<switch>-<date>-<time>.{json,md} and prints the table.
 """
@@ -30,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnf
-from cnnf import fused, layers
+from cnnf import fused, layers, losses
 from cnnf.allocator import keep_freed_memory
 from run import inference_step, training_step
 
@@ -45,6 +48,7 @@ SWITCHES = {
     "kernels": lambda: mock.patch.object(fused, "accepts", lambda *maps: False),
     "feedback": lambda: mock.patch.object(fused, "accepts_feedback", lambda *args: False),
     "one-channel-conv": lambda: mock.patch.object(layers._ConvTransposeToOneChannel, "apply", _onednn_to_one_channel),
+    "mse-layout": lambda: mock.patch.object(losses, "_mean_squared_error", F.mse_loss),
 }
 """Name: a context manager under which the optimisation is off."""
 
@@ -93,6 +97,7 @@ def main() -> None:
     parser.add_argument("--switch", choices=SWITCHES, default="kernels", help="the optimisation to measure")
     parser.add_argument("--models", default="conv4_mnist,paper_mnist")
     parser.add_argument("--iterations", default="1,5", help="comma-separated N (default 1,5)")
+    parser.add_argument("--modes", default="train,inference", help="comma-separated (default train,inference)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=4)
@@ -106,7 +111,7 @@ def main() -> None:
               "threads": args.threads, "rounds": args.rounds, "steps": args.steps, "kernels": fused.available(),
               "load_average_start": list(os.getloadavg()), "rows": []}
     for name in args.models.split(","):
-        for mode in ("train", "inference"):
+        for mode in args.modes.split(","):
             for n in map(int, args.iterations.split(",")):
                 report["rows"].append(compare(args.switch, name, mode, n, args.batch, args.rounds, args.steps))
     stem = RESULTS / f"speedup-{args.switch}-{time.strftime('%Y-%m-%d-%H%M%S')}"

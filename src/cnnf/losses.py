@@ -48,7 +48,7 @@ def cnnf_loss(
     terms = {"ce": _mean(F.cross_entropy(y, labels) for y in run.logits)}
     zero = torch.zeros((), dtype=run.logits[0].dtype)
     target = run.features[0] if target is None else target
-    terms["rec"] = _mean(F.mse_loss(g, target) for g in run.reconstructions) if run.feedbacks else zero
+    terms["rec"] = _mean(_mean_squared_error(g, target) for g in run.reconstructions) if run.feedbacks else zero
     terms["cll"] = zero
     if weights.cll and run.feedbacks:
         terms["cll"] = _mean(F.cross_entropy(class_energies(model, z), labels) for z in run.latents[:-1])
@@ -80,6 +80,17 @@ def _norm_gap(model: CNNF, activations: tuple, signals: tuple) -> Tensor:
         if isinstance(layer, Bias) and f is not None and g is not None
     ]
     return torch.stack(gaps).sum()
+
+
+def _mean_squared_error(g: Tensor, target: Tensor) -> Tensor:
+    """F.mse_loss(g, target), with (B, C, H, W) maps compared as (B, H, W, C) views. The value
+    is the same; the gradient then has the maps' channels-last layout: F.mse_loss returns a
+    gradient in the standard layout of its input, and an NCHW gradient would be copied to
+    channels-last by the layers below (and added slowly to their own channels-last one). One
+    channel (the pixels) is the same memory in both orders, and is left as it is."""
+    if g.dim() == 4 and g.shape[1] > 1:
+        g, target = g.permute(0, 2, 3, 1), target.permute(0, 2, 3, 1)
+    return F.mse_loss(g, target)
 
 
 def _mean(values) -> Tensor:
