@@ -138,7 +138,7 @@ def test_feedback_segment_equals_the_layers(variant, monkeypatch):
     signals) equal the layers' feedback one by one."""
     torch.manual_seed(4)
     run, latents, g = _feedback_run(*_FEEDBACK_RUNS[variant])
-    assert fused.accepts_feedback(g, latents, [layer.adaptive for layer in run])
+    assert fused.accepts_feedback(run, g, latents)
     g.requires_grad_()
     signals, features = fused.run_feedback_segment(run, g, latents)
     _torch_layers(monkeypatch)

@@ -76,10 +76,11 @@ def accepts(*maps: Tensor | None) -> bool:
     )
 
 
-def accepts_feedback(g: Tensor, latents: Sequence[Tensor | None], adaptive: Sequence[bool]) -> bool:
-    """Whether `run_feedback_segment` takes g and the run's latents: every adaptive layer has
-    its latent, the maps are as `accepts` wants and pooling indices are channels-last."""
-    if any(a and z is None for a, z in zip(adaptive, latents)):
+def accepts_feedback(layers: Sequence[torch.nn.Module], g: Tensor, latents: Sequence[Tensor | None]) -> bool:
+    """Whether `run_feedback_segment` takes the run `layers`, g and their latents: every
+    adaptive layer has its latent, the maps are as `accepts` wants and pooling indices are
+    channels-last."""
+    if any(layer.adaptive and z is None for layer, z in zip(layers, latents)):
         return False  # the layer-by-layer path raises the error that names the layer
     present = [z for z in latents if z is not None]
     return accepts(g, *(z for z in present if z.is_floating_point())) and all(

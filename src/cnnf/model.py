@@ -169,7 +169,7 @@ class CNNF(nn.Module):
             norm = self._feedback_segments.get(i)  # fused: [norm, bias, relu?, pool?] in one kernel
             if norm is not None and norm >= stop:
                 run = slice(norm, i + 1)
-                if fused.accepts_feedback(g, latents[run], [layer.adaptive for layer in self.layers[run]]):
+                if fused.accepts_feedback(self.layers[run], g, latents[run]):
                     signals[run], g = fused.run_feedback_segment(self.layers[run], g, latents[run])
                     i = norm - 1
                     continue
