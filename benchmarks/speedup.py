@@ -5,15 +5,16 @@ reports does not enter the ratio.
     python benchmarks/speedup.py                             # the fused kernels; both models, N = 1 and 5
     python benchmarks/speedup.py --switch feedback --rounds 8
     python benchmarks/speedup.py --switch one-channel-conv --models paper_mnist
-    python benchmarks/speedup.py --switch mse-layout --modes train
+    python benchmarks/speedup.py --switch reconstruction-loss --modes train
 
 Switches, and what runs when one is off:
     kernels            every `cnnf.fused` kernel off: the layers' torch code
     feedback           the fused feedback through [norm, bias, AdaReLU?, AdaPool?] off: layer by layer
     one-channel-conv   Conv2d's matmul form of the transposed convolution to one channel off:
                        F.conv_transpose2d (oneDNN)
-    mse-layout         the reconstruction loss on (B, H, W, C) views off: F.mse_loss on the
-                       maps, whose gradient comes back NCHW (training only)
+    reconstruction-loss  the fused reconstruction loss (one sweep over all g_t and the target)
+                       off: F.mse_loss per step on (B, H, W, C) views, summed by autograd
+                       (training only)
 
 Writes benchmarks/results/speedup-<switch>-<date>-<time>.{json,md} and prints the table.
 """
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnf
-from cnnf import fused, layers, losses
+from cnnf import fused, layers
 from cnnf.allocator import keep_freed_memory
 from run import inference_step, training_step
 
@@ -48,7 +49,7 @@ SWITCHES = {
     "kernels": lambda: mock.patch.object(fused, "accepts", lambda *maps: False),
     "feedback": lambda: mock.patch.object(fused, "accepts_feedback", lambda *args: False),
     "one-channel-conv": lambda: mock.patch.object(layers._ConvTransposeToOneChannel, "apply", _onednn_to_one_channel),
-    "mse-layout": lambda: mock.patch.object(losses, "_mean_squared_error", F.mse_loss),
+    "reconstruction-loss": lambda: mock.patch.object(fused, "accepts_squared_errors", lambda *args: False),
 }
 """Name: a context manager under which the optimisation is off."""
 

@@ -164,3 +164,34 @@ def test_feedback_segments_cover_norm_runs_with_a_relu_or_a_pool():
     paper = cnnf.create_model("paper_mnist").layers
     assert fused.feedback_segments(paper) == {3: 1, 7: 5}  # [norm bias relu], [norm bias pool]
     assert fused.feedback_segments(conv4) == {3: 1, 7: 5, 12: 9, 17: 14}
+
+
+@pytest.mark.parametrize("target_grad", [True, False], ids=["target-with-gradient", "fixed-target"])
+def test_mean_squared_errors_gradient(target_grad):
+    torch.manual_seed(0)
+    target = _map(2, 3, 4, 5).requires_grad_(target_grad)
+    reconstructions = [_map(2, 3, 4, 5).requires_grad_() for _ in range(3)]
+    assert torch.autograd.gradcheck(lambda h, *gs: fused.mean_squared_errors(gs, h), (target, *reconstructions))
+
+
+def test_mean_squared_errors_equal_the_mean_of_mse_losses():
+    torch.manual_seed(0)
+    target = _map(3, 4, 9, 9).requires_grad_()  # 972 values: the kernel's vector loop and its tail
+    reconstructions = [_map(3, 4, 9, 9).requires_grad_() for _ in range(2)]
+    fast = fused.mean_squared_errors(reconstructions, target)
+    plain = torch.stack([torch.nn.functional.mse_loss(g, target) for g in reconstructions]).mean()
+    assert torch.allclose(fast, plain, rtol=1e-12, atol=0)
+    weights = torch.rand(())  # an upstream gradient other than 1
+    for a, b in zip(torch.autograd.grad(fast * weights, [target, *reconstructions]),
+                    torch.autograd.grad(plain * weights, [target, *reconstructions])):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+        assert a.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_mean_squared_errors_take_only_maps_laid_out_like_the_target():
+    target = _map(2, 3, 4, 5)
+    assert fused.accepts_squared_errors([_map(2, 3, 4, 5)], target)
+    assert not fused.accepts_squared_errors([_map(2, 3, 4, 5).contiguous()], target)  # NCHW strides
+    assert not fused.accepts_squared_errors([_map(2, 3, 5, 4)], _map(2, 3, 4, 5))
+    with pytest.raises(RuntimeError, match="target's shape, strides and dtype"):
+        fused.mean_squared_errors([_map(2, 3, 4, 5).contiguous()], target)

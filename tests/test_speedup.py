@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 import cnnf
 from cnnf import fused, layers
@@ -32,20 +33,33 @@ def _calls(model, owner, name, monkeypatch):
     return len(calls)
 
 
-def _reconstruction_gradient_is_channels_last(model) -> bool:
+def _reconstruction_gradient(model, monkeypatch) -> tuple[Tensor, int]:
+    """The gradient reaching the first reconstruction in one training loss, and how often the
+    fused reconstruction loss ran for it."""
+    calls = []
+    original = fused.mean_squared_errors
+    monkeypatch.setattr(fused, "mean_squared_errors", lambda *args: calls.append(1) or original(*args))
     run = model.infer(torch.rand(2, 1, 28, 28) * 2 - 1)
     seen = []  # the gradient as it flows (retain_grad would store a standard-layout copy)
     run.reconstructions[0].register_hook(seen.append)
     cnnf_loss(model, run, torch.tensor([1, 2]))[0].backward()
-    return seen[0].is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(fused, "mean_squared_errors", original)
+    return seen[0], len(calls)
 
 
-def test_the_mse_switch_turns_the_channels_last_gradient_off_only_inside():
+def test_the_reconstruction_loss_switch_turns_the_fused_loss_off_only_inside(monkeypatch):
+    if not fused.available():
+        pytest.skip("fused kernels not built")
     model = cnnf.create_model("conv4_mnist", iterations=1)  # reconstructs 32-channel maps
-    assert _reconstruction_gradient_is_channels_last(model)
-    with SWITCHES["mse-layout"]():
-        assert not _reconstruction_gradient_is_channels_last(model)
-    assert _reconstruction_gradient_is_channels_last(model)
+    fused_gradient, calls = _reconstruction_gradient(model, monkeypatch)
+    assert calls == 1
+    with SWITCHES["reconstruction-loss"]():
+        plain_gradient, calls = _reconstruction_gradient(model, monkeypatch)
+        assert calls == 0
+    assert _reconstruction_gradient(model, monkeypatch)[1] == 1
+    # both paths keep the maps' channels-last layout in the gradient (the plain one through views)
+    assert fused_gradient.is_contiguous(memory_format=torch.channels_last)
+    assert plain_gradient.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("switch", PROBES)

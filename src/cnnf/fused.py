@@ -199,6 +199,38 @@ class _FeedbackNorm(torch.autograd.Function):
         return d_g, None, None, None, None
 
 
+def accepts_squared_errors(reconstructions: Sequence[Tensor], target: Tensor) -> bool:
+    """Whether `mean_squared_errors` takes these: maps as `accepts` wants, every reconstruction
+    with the target's shape and strides."""
+    return accepts(target, *reconstructions) and all(
+        g.shape == target.shape and g.stride() == target.stride() and g.dtype == target.dtype for g in reconstructions
+    )
+
+
+def mean_squared_errors(reconstructions: Sequence[Tensor], target: Tensor) -> Tensor:
+    """mean_t mean((g_t - target)^2) over the reconstructions g_t: the mean of F.mse_loss(g_t,
+    target), in one sweep forward and one backward (the target's gradient summed over t there,
+    not by autograd adding T maps). A 0-dim tensor of the target's dtype."""
+    return _MeanSquaredErrors.apply(target, *reconstructions)
+
+
+class _MeanSquaredErrors(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, target, *reconstructions):
+        sums = _extension().squared_error_sums(list(reconstructions), target)
+        ctx.save_for_backward(target, *reconstructions)
+        return (sums.sum() / (target.numel() * len(reconstructions))).to(target.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_loss):
+        target, *reconstructions = ctx.saved_tensors
+        scale = 2 * d_loss.item() / (target.numel() * len(reconstructions))
+        wanted = [*ctx.needs_input_grad[1:], ctx.needs_input_grad[0]]
+        *d_reconstructions, d_target = _extension().squared_errors_backward(reconstructions, target, scale, wanted)
+        return d_target, *d_reconstructions
+
+
 def norm_segments(layers: Sequence[torch.nn.Module]) -> dict[int, int]:
     """Runs of InstanceNorm, spatial Bias and optionally AdaReLU that `run_norm_segment`
     computes in one kernel: {index of the norm: index after the run's last layer}."""

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cnnf import fused
 from cnnf.layers import Bias
 from cnnf.model import CNNF, Inference, Latents
 
@@ -48,7 +49,7 @@ def cnnf_loss(
     terms = {"ce": _mean(F.cross_entropy(y, labels) for y in run.logits)}
     zero = torch.zeros((), dtype=run.logits[0].dtype)
     target = run.features[0] if target is None else target
-    terms["rec"] = _mean(_mean_squared_error(g, target) for g in run.reconstructions) if run.feedbacks else zero
+    terms["rec"] = reconstruction_error(run.reconstructions, target) if run.feedbacks else zero
     terms["cll"] = zero
     if weights.cll and run.feedbacks:
         terms["cll"] = _mean(F.cross_entropy(class_energies(model, z), labels) for z in run.latents[:-1])
@@ -80,6 +81,14 @@ def _norm_gap(model: CNNF, activations: tuple, signals: tuple) -> Tensor:
         if isinstance(layer, Bias) and f is not None and g is not None
     ]
     return torch.stack(gaps).sum()
+
+
+def reconstruction_error(reconstructions: list[Tensor], target: Tensor) -> Tensor:
+    """The rec term: mean over steps of F.mse_loss(g_t, target), a scalar. With the fused
+    kernels, one sweep over the maps forward and one backward (tests/test_fast_paths.py)."""
+    if fused.accepts_squared_errors(reconstructions, target):
+        return fused.mean_squared_errors(reconstructions, target)
+    return _mean(_mean_squared_error(g, target) for g in reconstructions)
 
 
 def _mean_squared_error(g: Tensor, target: Tensor) -> Tensor:

@@ -14,11 +14,14 @@
 //                            its gradient, a gather (unpool_forward is AdaPool's backward)
 //   feedback_norm_forward:   the feedback through [norm, bias, AdaReLU?, AdaPool?] (eq. 2):
 //                            u = unpool(g), m = z * u, y = m * r(m); and its backward
+//   squared_error_sums:      sum (g_t - h)^2 for every reconstruction g_t against one target h
+//   squared_errors_backward: d g_t = s (g_t - h) and d h = -sum_t d g_t, in one pass
 
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -534,6 +537,122 @@ at::Tensor feedback_norm_backward(const at::Tensor& d_out, const at::Tensor& nor
   return d_g;
 }
 
+namespace {
+
+// The squared-error kernels walk the maps as flat arrays in fixed chunks: the sums add the
+// chunks' partial sums in chunk order, so they do not depend on the number of threads.
+constexpr int64_t kChunk = 16384;
+
+void check_like_target(const std::vector<at::Tensor>& maps, const at::Tensor& target) {
+  TORCH_CHECK(!maps.empty(), "need at least one reconstruction");
+  for (const auto& g : maps) {
+    TORCH_CHECK(g.sizes() == target.sizes() && g.strides() == target.strides() && g.scalar_type() == target.scalar_type(),
+                "each reconstruction must have the target's shape, strides and dtype");
+  }
+  TORCH_CHECK(target.is_non_overlapping_and_dense(), "the target must be dense in memory");
+}
+
+// sum (g[i] - h[i])^2 over [from, to), in kLanes independent partial sums: the loop then
+// vectorises without reassociating floating-point additions.
+template <typename T>
+double squared_error_sum(const T* __restrict__ g, const T* __restrict__ h, int64_t from, int64_t to) {
+  constexpr int64_t kLanes = 16;
+  T lanes[kLanes] = {};
+  int64_t i = from;
+  for (; i + kLanes <= to; i += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += (g[i + l] - h[i + l]) * (g[i + l] - h[i + l]);
+  }
+  for (; i < to; ++i) lanes[0] += (g[i] - h[i]) * (g[i] - h[i]);
+  double sum = 0;
+  for (int64_t l = 0; l < kLanes; ++l) sum += double(lanes[l]);
+  return sum;
+}
+
+}  // namespace
+
+// The summed squared error of each reconstruction g_t against `target` h (same shape, strides
+// and dtype, dense), read in one sweep that loads each chunk of h once. Returns (T,) float64.
+at::Tensor squared_error_sums(const std::vector<at::Tensor>& reconstructions, const at::Tensor& target) {
+  check_like_target(reconstructions, target);
+  const int64_t steps = reconstructions.size(), numel = target.numel();
+  const int64_t chunks = (numel + kChunk - 1) / kChunk;
+  at::Tensor partial = at::empty({chunks, steps}, target.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(target.scalar_type(), "squared_error_sums", [&] {
+    using T = scalar_t;
+    const T* h = target.const_data_ptr<T>();
+    std::vector<const T*> gs;
+    for (const auto& g : reconstructions) gs.push_back(g.const_data_ptr<T>());
+    double* out = partial.mutable_data_ptr<double>();
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t chunk = begin; chunk < end; ++chunk) {
+        const int64_t from = chunk * kChunk, to = std::min(numel, from + kChunk);
+        for (int64_t t = 0; t < steps; ++t) out[chunk * steps + t] = squared_error_sum(gs[t], h, from, to);
+      }
+    });
+  });
+  return partial.sum(0);
+}
+
+namespace {
+
+// One chunk of squared_errors_backward: d g_t = scale (g_t - h), d h = -sum_t d g_t.
+template <typename T>
+void squared_errors_backward_chunk(const std::vector<const T*>& gs, const T* __restrict__ h, T scale, int64_t from,
+                                   int64_t to, const std::vector<T*>& d_gs, T* __restrict__ d_h) {
+  if (d_h) std::fill(d_h + from, d_h + to, T(0));
+  for (size_t t = 0; t < gs.size(); ++t) {
+    const T* __restrict__ g = gs[t];
+    T* __restrict__ d_g = d_gs[t];
+    if (d_h && d_g) {
+      for (int64_t i = from; i < to; ++i) {
+        const T d = scale * (g[i] - h[i]);
+        d_g[i] = d;
+        d_h[i] -= d;
+      }
+    } else if (d_g) {
+      for (int64_t i = from; i < to; ++i) d_g[i] = scale * (g[i] - h[i]);
+    } else if (d_h) {
+      for (int64_t i = from; i < to; ++i) d_h[i] -= scale * (g[i] - h[i]);
+    }
+  }
+}
+
+}  // namespace
+
+// Gradient of scale / 2 * sum_t sum (g_t - h)^2: d g_t = scale (g_t - h) where `wanted[t]`, and
+// d h = -sum_t scale (g_t - h) if `wanted[T]`; a chunk of h and its gradient stay in cache
+// while every g_t passes. Returns T + 1 tensors (undefined where not wanted).
+std::vector<at::Tensor> squared_errors_backward(const std::vector<at::Tensor>& reconstructions,
+                                                const at::Tensor& target, double scale,
+                                                const std::vector<bool>& wanted) {
+  check_like_target(reconstructions, target);
+  const int64_t steps = reconstructions.size(), numel = target.numel();
+  TORCH_CHECK(int64_t(wanted.size()) == steps + 1, "wanted needs one flag per reconstruction and one for the target");
+  std::vector<at::Tensor> grads(steps + 1);
+  for (int64_t t = 0; t <= steps; ++t) {
+    if (wanted[t]) grads[t] = at::empty_like(target, at::MemoryFormat::Preserve);
+  }
+  AT_DISPATCH_FLOATING_TYPES(target.scalar_type(), "squared_errors_backward", [&] {
+    using T = scalar_t;
+    std::vector<const T*> gs;
+    std::vector<T*> d_gs;
+    for (int64_t t = 0; t < steps; ++t) {
+      gs.push_back(reconstructions[t].const_data_ptr<T>());
+      d_gs.push_back(wanted[t] ? grads[t].mutable_data_ptr<T>() : nullptr);
+    }
+    const T* h = target.const_data_ptr<T>();
+    T* d_h = wanted[steps] ? grads[steps].mutable_data_ptr<T>() : nullptr;
+    const int64_t chunks = (numel + kChunk - 1) / kChunk;
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t chunk = begin; chunk < end; ++chunk) {
+        squared_errors_backward_chunk<T>(gs, h, T(scale), chunk * kChunk, std::min(numel, (chunk + 1) * kChunk),
+                                         d_gs, d_h);
+      }
+    });
+  });
+  return grads;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("norm_bias_relu_forward", &norm_bias_relu_forward);
   m.def("norm_bias_relu_backward", &norm_bias_relu_backward);
@@ -542,4 +661,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("unpool_backward", &unpool_backward);
   m.def("feedback_norm_forward", &feedback_norm_forward);
   m.def("feedback_norm_backward", &feedback_norm_backward);
+  m.def("squared_error_sums", &squared_error_sums);
+  m.def("squared_errors_backward", &squared_errors_backward);
 }
