@@ -9,6 +9,8 @@ reports does not enter the ratio.
 
 Switches, and what runs when one is off:
     kernels            every `cnnf.fused` kernel off: the layers' torch code
+    norm-pool          [norm, bias, AdaReLU?, AdaPool] in one kernel off: the norm kernel, then the
+                       pool kernel (the map between them written and read again)
     feedback           the fused feedback through [norm, bias, AdaReLU?, AdaPool?] off: layer by layer
     one-channel-conv   Conv2d's matmul form of the transposed convolution to one channel off:
                        F.conv_transpose2d (oneDNN)
@@ -45,8 +47,15 @@ def _onednn_to_one_channel(g, weight, padding):
     return layers.channels_last(F.conv_transpose2d(g, weight, padding=padding))
 
 
+def _norm_then_pool(f, bias, relu_drive, pool_drive, relu, size, eps):
+    out, mask = fused.norm_bias_relu(f, bias, relu_drive, relu, eps)
+    pooled, index = fused.adaptive_pool(out, pool_drive, size)
+    return pooled, mask, index
+
+
 SWITCHES = {
     "kernels": lambda: mock.patch.object(fused, "accepts", lambda *maps: False),
+    "norm-pool": lambda: mock.patch.object(fused, "norm_bias_relu_pool", _norm_then_pool),
     "feedback": lambda: mock.patch.object(fused, "accepts_feedback", lambda *args: False),
     "one-channel-conv": lambda: mock.patch.object(layers._ConvTransposeToOneChannel, "apply", _onednn_to_one_channel),
     "reconstruction-loss": lambda: mock.patch.object(fused, "accepts_squared_errors", lambda *args: False),

@@ -46,11 +46,65 @@ def test_norm_bias_relu_equals_the_layers(driven, monkeypatch):
     drive = _map(3, 8, 6, 6, zeros=0.2) if driven else None
     if driven:
         drive[0, 0, 0, :3] = torch.tensor([0.0, -0.0, -1.0])
-    out, mask = fused.run_norm_segment([norm, bias, relu], f, drive)
+    out, (_, _, mask) = fused.run_norm_segment([norm, bias, relu], f, (None, None, drive))
     _torch_layers(monkeypatch)
     expected, expected_mask = relu(bias(norm(f)[0])[0], drive)
     assert torch.allclose(out, expected, rtol=1e-12, atol=1e-14)
     assert torch.equal(mask, expected_mask)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+_POOLED_RUNS = {  # [norm, bias, relu?, pool]: (relu, ReLU driven, pool driven)
+    "pool": (False, False, False), "driven-pool": (False, False, True), "relu+pool": (True, False, False),
+    "driven-relu+pool": (True, True, True), "driven-relu+plain-pool": (True, True, False),
+}
+
+
+def _pooled_run(variant: str):
+    """Layers [norm, bias, relu?, pool] on 6x8 maps of 5 channels, their input and drives."""
+    relu, relu_driven, pool_driven = _POOLED_RUNS[variant]
+    run = [layers.InstanceNorm(), layers.Bias(5, spatial=True).double()]
+    torch.nn.init.normal_(run[1].bias)
+    run += [layers.AdaReLU()] if relu else []
+    run.append(layers.AdaPool(2, (6, 8)))
+    drives = [None] * len(run)
+    if relu_driven:
+        drives[2] = _map(2, 5, 6, 8, zeros=0.3)
+    if pool_driven:
+        drives[-1] = _map(2, 5, 3, 4, zeros=0.3)
+        drives[-1][0, 0, 0, :2] = torch.tensor([0.0, -0.0])  # signed zeros pick max
+    return run, _map(2, 5, 6, 8, zeros=0.1), drives
+
+
+@pytest.mark.parametrize("variant", _POOLED_RUNS)
+def test_norm_bias_relu_pool_gradient(variant):
+    torch.manual_seed(5)
+    run, f, drives = _pooled_run(variant)
+    relu = isinstance(run[2], layers.AdaReLU)
+    bias = run[1].bias.detach().clone().requires_grad_()
+    f = (f + 0.01 * torch.randn_like(f)).requires_grad_()  # no exact ties: the pool's choice is smooth
+    assert torch.autograd.gradcheck(
+        lambda f, b: fused.norm_bias_relu_pool(f, b, drives[2] if relu else None, drives[-1], relu, 2, 1e-8)[0],
+        (f, bias))
+
+
+@pytest.mark.parametrize("variant", _POOLED_RUNS)
+def test_norm_bias_relu_pool_equals_the_layers(variant, monkeypatch):
+    torch.manual_seed(6)
+    run, f, drives = _pooled_run(variant)
+    f.requires_grad_()
+    weights = _map(2, 5, 3, 4)
+    out, latents = fused.run_norm_segment(run, f, drives)
+    fused_grads = torch.autograd.grad((out * weights).sum(), [f, run[1].bias])
+    _torch_layers(monkeypatch)
+    expected, expected_latents = f, []
+    for layer, drive in zip(run, drives):
+        expected, latent = layer(expected, drive)
+        expected_latents.append(latent)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), [f, run[1].bias])
+    assert torch.allclose(out, expected, rtol=1e-12, atol=1e-14)
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(latents, expected_latents))
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(fused_grads, expected_grads))
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 

@@ -17,6 +17,7 @@ from speedup import SWITCHES  # noqa: E402
 
 PROBES = {  # switch: (model, the function its optimisation runs through)
     "kernels": ("conv4_mnist", (fused, "run_norm_segment")),
+    "norm-pool": ("conv4_mnist", (fused._NormBiasReLUPool, "apply")),
     "feedback": ("conv4_mnist", (fused, "run_feedback_segment")),
     "one-channel-conv": ("paper_mnist", (layers._ConvTransposeToOneChannel, "forward")),
 }

@@ -116,6 +116,37 @@ class _NormBiasReLU(torch.autograd.Function):
         return d_f, (d_b.sum(0) if ctx.has_bias else None), None, None, None
 
 
+def norm_bias_relu_pool(f: Tensor, bias: Tensor | None, relu_drive: Tensor | None, pool_drive: Tensor | None,
+                        relu: bool, size: int, eps: float):
+    """`norm_bias_relu`, then `adaptive_pool` (size x size windows, driven by `pool_drive`) in
+    one sweep per sample, without writing the map in between. f: (B, C, H, W) channels-last.
+    Returns (pooled (B, C, H/size, W/size), the ReLU's mask like f or None, the pool's index)."""
+    detach = lambda t: None if t is None else t.detach()  # noqa: E731
+    pooled, mask, index = _NormBiasReLUPool.apply(f, bias, detach(relu_drive), detach(pool_drive), relu, size, eps)
+    return pooled, (mask if relu else None), index
+
+
+class _NormBiasReLUPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, f, bias, relu_drive, pool_drive, relu, size, eps):
+        pooled, index, mask, r = _extension().norm_bias_relu_pool_forward(
+            f, _or_empty(bias), _or_empty(relu_drive), _or_empty(pool_drive), relu, size, eps)
+        ctx.has_bias, ctx.size = bias is not None, size
+        ctx.save_for_backward(f, r, mask if relu else None, index)
+        ctx.mark_non_differentiable(mask, index)
+        ctx.set_materialize_grads(False)  # the mask's and index's gradients stay None
+        return pooled, mask, index
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_pooled, d_mask, d_index):
+        if d_pooled is None:  # only the (non-differentiable) latents were used
+            return None, None, None, None, None, None, None
+        f, r, mask, index = ctx.saved_tensors
+        d_f, d_b = _extension().norm_bias_relu_pool_backward(d_pooled, f, r, _or_empty(mask), index, ctx.size)
+        return d_f, (d_b.sum(0) if ctx.has_bias else None), None, None, None, None, None
+
+
 def adaptive_pool(f: Tensor, drive: Tensor | None, size: int) -> tuple[Tensor, Tensor]:
     """AdaPool over size x size windows: max where drive >= 0 (or without drive), min where
     drive < 0. f: (B, C, H, W) channels-last; drive: (B, C, H/size, W/size) or None.
@@ -232,37 +263,47 @@ class _MeanSquaredErrors(torch.autograd.Function):
 
 
 def norm_segments(layers: Sequence[torch.nn.Module]) -> dict[int, int]:
-    """Runs of InstanceNorm, spatial Bias and optionally AdaReLU that `run_norm_segment`
-    computes in one kernel: {index of the norm: index after the run's last layer}."""
-    from cnnf.layers import AdaReLU, Bias, InstanceNorm
+    """Runs of InstanceNorm, spatial Bias, optionally AdaReLU and optionally AdaPool that
+    `run_norm_segment` computes in one kernel: {index of the norm: index after the run's last layer}."""
+    from cnnf.layers import AdaPool, AdaReLU, Bias, InstanceNorm
 
     runs = {}
     for i in range(len(layers) - 1):
         if isinstance(layers[i], InstanceNorm) and isinstance(layers[i + 1], Bias) and layers[i + 1].spatial:
-            with_relu = i + 2 < len(layers) and isinstance(layers[i + 2], AdaReLU)
-            runs[i] = i + 3 if with_relu else i + 2
+            end = i + 2
+            if end < len(layers) and isinstance(layers[end], AdaReLU):
+                end += 1
+            if end < len(layers) and isinstance(layers[end], AdaPool):
+                end += 1
+            runs[i] = end
     return runs
 
 
-def run_norm_segment(layers: Sequence[torch.nn.Module], h: Tensor, drive: Tensor | None):
-    """The layers of one `norm_segments` run on h, the ReLU (if any) driven by `drive`.
-    Returns (output, the ReLU's mask or None): what the layers one by one return."""
-    norm, bias, *relu = layers
-    return norm_bias_relu(h, bias.bias, drive if relu else None, bool(relu), norm.eps)
+def run_norm_segment(layers: Sequence[torch.nn.Module], h: Tensor, drives: Sequence[Tensor | None]):
+    """The layers of one `norm_segments` run on h, AdaReLU and AdaPool (if in the run) driven
+    by their entries of `drives` (one per layer). Returns (output, latents, one per layer):
+    what the layers one by one return."""
+    from cnnf.layers import AdaPool, AdaReLU
+
+    norm, bias, *rest = layers
+    relu = bool(rest) and isinstance(rest[0], AdaReLU)
+    pool = rest[-1] if rest and isinstance(rest[-1], AdaPool) else None
+    relu_drive = drives[2] if relu else None
+    latents: list[Tensor | None] = [None] * len(layers)
+    if pool is None:
+        h, latents[-1] = norm_bias_relu(h, bias.bias, relu_drive, relu, norm.eps)
+        return h, tuple(latents)
+    h, mask, latents[-1] = norm_bias_relu_pool(h, bias.bias, relu_drive, drives[-1], relu, pool.size, norm.eps)
+    if relu:
+        latents[2] = mask
+    return h, tuple(latents)
 
 
 def feedback_segments(layers: Sequence[torch.nn.Module]) -> dict[int, int]:
     """Runs [InstanceNorm, spatial Bias, AdaReLU?, AdaPool?] with a ReLU or a pool, whose
     feedback `run_feedback_segment` computes in one kernel: {index of the run's top layer
     (where the feedback enters): index of the norm}."""
-    from cnnf.layers import AdaPool
-
-    runs = {}
-    for norm, stop in norm_segments(layers).items():
-        top = stop if stop < len(layers) and isinstance(layers[stop], AdaPool) else stop - 1
-        if top > norm + 1:  # a ReLU or a pool above the bias
-            runs[top] = norm
-    return runs
+    return {stop - 1: norm for norm, stop in norm_segments(layers).items() if stop - 1 > norm + 1}
 
 
 def run_feedback_segment(layers: Sequence[torch.nn.Module], g: Tensor, latents: Sequence[Tensor | None]):

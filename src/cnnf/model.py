@@ -241,9 +241,9 @@ class CNNF(nn.Module):
         while i < stop:
             end = None if keep else self._norm_segments.get(i)  # fused: no per-layer outputs
             if end is not None and end <= stop:
-                relu_drive = None if drive is None else drive[end - 1]
-                if fused.accepts(h, relu_drive):
-                    h, latents[end - 1] = fused.run_norm_segment(self.layers[i:end], h, relu_drive)
+                drives = (None,) * (end - i) if drive is None else drive[i:end]
+                if fused.accepts(h, *drives):
+                    h, latents[i:end] = fused.run_norm_segment(self.layers[i:end], h, drives)
                     i = end
                     continue
             h, latents[i] = self.layers[i](h, None if drive is None else drive[i])

@@ -12,6 +12,8 @@
 //                            index of the chosen pixel                           (AdaPool, eq. 3)
 //   unpool_forward/backward: AdaPool's feedback, g placed at the chosen pixels   (eq. 2), and
 //                            its gradient, a gather (unpool_forward is AdaPool's backward)
+//   norm_bias_relu_pool_forward: the above, then AdaPool, in one sweep: the map between the
+//                            ReLU and the pool is never written; and its backward
 //   feedback_norm_forward:   the feedback through [norm, bias, AdaReLU?, AdaPool?] (eq. 2):
 //                            u = unpool(g), m = z * u, y = m * r(m); and its backward
 //   squared_error_sums:      sum (g_t - h)^2 for every reconstruction g_t against one target h
@@ -653,10 +655,204 @@ std::vector<at::Tensor> squared_errors_backward(const std::vector<at::Tensor>& r
   return grads;
 }
 
+namespace {
+
+// One pixel of a norm_bias_relu_pool window (its own function, so that the pointers are
+// __restrict__ and the channel loop vectorises): per channel y = f r + b, v = z y (AdaReLU,
+// or v = y without a ReLU) as norm_bias_relu_sample computes them, and the pool's running
+// choice of the largest sign * v as pool_window makes it (`first`: the window's first pixel).
+template <typename T, Relu relu, bool first>
+inline void norm_bias_relu_pool_pixel(const T* __restrict__ f, const T* __restrict__ bias, const T* __restrict__ drive,
+                                      const T* __restrict__ r, const T* __restrict__ sign, int64_t at, int64_t channels,
+                                      T* __restrict__ mask, T* __restrict__ pooled, int64_t* __restrict__ index) {
+  for (int64_t c = 0; c < channels; ++c) {
+    const T y = f[c] * r[c] + bias[c];
+    T v = y;
+    if constexpr (relu == Relu::plain) {
+      mask[c] = y > T(0) ? T(1) : T(0);
+      v = y > T(0) ? y : T(0);
+    } else if constexpr (relu == Relu::driven) {
+      const T z = y * drive[c] > T(0) ? T(1) : T(0);
+      mask[c] = z;
+      v = y * z;
+    }
+    const T signed_v = sign[c] * v;
+    if constexpr (first) {
+      pooled[c] = signed_v;
+      index[c] = at;
+    } else {
+      const bool take = signed_v > pooled[c] || signed_v != signed_v;
+      pooled[c] = take ? signed_v : pooled[c];
+      index[c] = take ? at : index[c];
+    }
+  }
+}
+
+// One sample of norm_bias_relu_pool_forward: r from the sample's map, then window by window
+// the pixels' y, z and the pooled choice; `drive` (the ReLU's) and `mask` are like f, or null.
+template <typename T, Relu relu>
+void norm_bias_relu_pool_sample(const T* __restrict__ f, const T* __restrict__ bias, const T* __restrict__ drive,
+                                const T* __restrict__ pool_drive, int64_t height, int64_t width, int64_t size,
+                                int64_t channels, double eps, T* __restrict__ r, T* __restrict__ mask,
+                                T* __restrict__ pooled, int64_t* __restrict__ index, T* __restrict__ sign,
+                                T* __restrict__ scratch) {
+  rms_scale(f, height * width, channels, eps, r, scratch);
+  const int64_t pooled_width = width / size;
+  for (int64_t oh = 0; oh < height / size; ++oh) {
+    for (int64_t ow = 0; ow < pooled_width; ++ow) {
+      const int64_t window = (oh * pooled_width + ow) * channels;
+      if (pool_drive) signs_of(pool_drive + window, channels, sign);
+      for (int64_t i = 0; i < size; ++i) {
+        for (int64_t j = 0; j < size; ++j) {
+          const int64_t at = (oh * size + i) * width + ow * size + j, o = at * channels;
+          const auto pixel = i == 0 && j == 0 ? norm_bias_relu_pool_pixel<T, relu, true>
+                                              : norm_bias_relu_pool_pixel<T, relu, false>;
+          pixel(f + o, bias, drive ? drive + o : nullptr, r, sign, at, channels, mask ? mask + o : nullptr,
+                pooled + window, index + window);
+        }
+      }
+      for (int64_t c = 0; c < channels; ++c) pooled[window + c] *= sign[c];
+    }
+  }
+}
+
+}  // namespace
+
+// [InstanceNorm, Bias, AdaReLU?, AdaPool(size)] on f (B, C, H, W) channels-last in one sweep per
+// sample: norm_bias_relu_forward, then adaptive_pool_forward on its output, without writing
+// that output. relu_drive: like f or empty (first pass; ignored without relu); pool_drive:
+// (B, C, H/size, W/size) or empty. Returns (pooled, index, mask (size 0 without relu), r).
+std::vector<at::Tensor> norm_bias_relu_pool_forward(const at::Tensor& f, const at::Tensor& bias,
+                                                    const at::Tensor& relu_drive, const at::Tensor& pool_drive,
+                                                    bool relu, int64_t size, double eps) {
+  check_map(f, "f");
+  const int64_t batch = f.size(0), channels = f.size(1), height = f.size(2), width = f.size(3);
+  TORCH_CHECK(size > 0 && height % size == 0 && width % size == 0, "the map's H and W must be multiples of ",
+              size);
+  const int64_t out_h = height / size, out_w = width / size;
+  const bool relu_driven = relu && relu_drive.numel() > 0, pool_driven = pool_drive.numel() > 0;
+  if (relu_driven) {
+    check_map(relu_drive, "relu_drive");
+    TORCH_CHECK(relu_drive.sizes() == f.sizes(), "relu_drive must have the shape of f");
+  }
+  if (pool_driven) {
+    check_map(pool_drive, "pool_drive");
+    TORCH_CHECK(pool_drive.size(0) == batch && pool_drive.size(1) == channels && pool_drive.size(2) == out_h &&
+                    pool_drive.size(3) == out_w, "pool_drive must have the pooled shape");
+  }
+  at::Tensor pooled = at::empty({batch, channels, out_h, out_w}, f.options(), kChannelsLast);
+  at::Tensor index = at::empty({batch, channels, out_h, out_w}, f.options().dtype(at::kLong), kChannelsLast);
+  at::Tensor mask = relu ? at::empty_like(f, kChannelsLast) : at::empty({0}, f.options());
+  at::Tensor r = at::empty({batch, channels}, f.options());
+  const at::Tensor b = bias.numel() > 0 ? bias.contiguous() : at::zeros({channels}, f.options());
+  const Relu variant = !relu ? Relu::none : relu_driven ? Relu::driven : Relu::plain;
+  AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "norm_bias_relu_pool_forward", [&] {
+    using T = scalar_t;
+    const int64_t plane = height * width * channels, pooled_plane = out_h * out_w * channels;
+    const auto run = variant == Relu::none    ? norm_bias_relu_pool_sample<T, Relu::none>
+                     : variant == Relu::plain ? norm_bias_relu_pool_sample<T, Relu::plain>
+                                              : norm_bias_relu_pool_sample<T, Relu::driven>;
+    const T* fp = f.const_data_ptr<T>();
+    const T* bp = b.const_data_ptr<T>();
+    const T* dp = relu_driven ? relu_drive.const_data_ptr<T>() : nullptr;
+    const T* pdp = pool_driven ? pool_drive.const_data_ptr<T>() : nullptr;
+    T* mp = relu ? mask.mutable_data_ptr<T>() : nullptr;
+    T* rp = r.mutable_data_ptr<T>();
+    T* pp = pooled.mutable_data_ptr<T>();
+    int64_t* ip = index.mutable_data_ptr<int64_t>();
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> scratch(channels), sign(channels, T(1));
+      for (int64_t n = begin; n < end; ++n) {
+        run(fp + n * plane, bp, dp ? dp + n * plane : nullptr, pdp ? pdp + n * pooled_plane : nullptr, height, width,
+            size, channels, eps, rp + n * channels, mp ? mp + n * plane : nullptr, pp + n * pooled_plane,
+            ip + n * pooled_plane, sign.data(), scratch.data());
+      }
+    });
+  });
+  return {pooled, index, mask, r};
+}
+
+namespace {
+
+// One pixel of norm_bias_relu_pool_backward_sample: dy = d_pooled where the pool chose this
+// pixel (else 0), times the ReLU mask.
+template <typename T, bool masked>
+inline void pooled_gradient_pixel(const T* __restrict__ d_pooled, const int64_t* __restrict__ index,
+                                  const T* __restrict__ mask, int64_t at, int64_t channels, T* __restrict__ dy) {
+  for (int64_t c = 0; c < channels; ++c) {
+    const T d = index[c] == at ? d_pooled[c] : T(0);
+    dy[c] = masked ? d * mask[c] : d;
+  }
+}
+
+// One sample of norm_bias_relu_pool_backward: the pooled gradient spread to the chosen pixels
+// (written to d_f as scratch), then the norm's backward on it in place.
+template <typename T, bool masked>
+void norm_bias_relu_pool_backward_sample(const T* __restrict__ d_pooled, const int64_t* __restrict__ index,
+                                         const T* __restrict__ f, const T* __restrict__ r, const T* __restrict__ mask,
+                                         int64_t height, int64_t width, int64_t size, int64_t channels,
+                                         T* __restrict__ d_f, T* __restrict__ d_b, T* __restrict__ dot) {
+  for_each_window_pixel(height, width, size, channels, [&](int64_t window, int64_t at, int64_t o) {
+    pooled_gradient_pixel<T, masked>(d_pooled + window, index + window, masked ? mask + o : nullptr, at, channels,
+                                     d_f + o);
+  });
+  const int64_t pixels = height * width;
+  std::fill(d_b, d_b + channels, T(0));
+  std::fill(dot, dot + channels, T(0));
+  for (int64_t p = 0; p < pixels; ++p) {
+    for (int64_t c = 0; c < channels; ++c) {
+      d_b[c] += d_f[p * channels + c];
+      dot[c] += d_f[p * channels + c] * (f[p * channels + c] * r[c]);
+    }
+  }
+  for (int64_t c = 0; c < channels; ++c) dot[c] /= T(pixels);
+  for (int64_t p = 0; p < pixels; ++p) {
+    for (int64_t c = 0; c < channels; ++c) {
+      d_f[p * channels + c] = r[c] * (d_f[p * channels + c] - (f[p * channels + c] * r[c]) * dot[c]);
+    }
+  }
+}
+
+}  // namespace
+
+// Gradient of norm_bias_relu_pool_forward wrt f and b, the mask and index held constant; d_pooled
+// like the pooled output. Returns (d_f like f, d_b per sample (B, C)).
+std::vector<at::Tensor> norm_bias_relu_pool_backward(const at::Tensor& d_pooled, const at::Tensor& f,
+                                                     const at::Tensor& r, const at::Tensor& mask,
+                                                     const at::Tensor& index, int64_t size) {
+  check_map(f, "f");
+  const at::Tensor grad = d_pooled.contiguous(kChannelsLast);
+  check_unpool(grad, index, size);
+  const bool masked = mask.numel() > 0;
+  if (masked) check_map(mask, "mask");
+  const int64_t batch = f.size(0), channels = f.size(1), height = f.size(2), width = f.size(3);
+  TORCH_CHECK(height == index.size(2) * size && width == index.size(3) * size, "f must be index's shape times size");
+  at::Tensor d_f = at::empty_like(f, kChannelsLast);
+  at::Tensor d_b = at::empty({batch, channels}, f.options());
+  AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "norm_bias_relu_pool_backward", [&] {
+    using T = scalar_t;
+    const int64_t plane = height * width * channels, pooled_plane = index.size(2) * index.size(3) * channels;
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> dot(channels);
+      for (int64_t n = begin; n < end; ++n) {
+        const auto run = masked ? norm_bias_relu_pool_backward_sample<T, true>
+                                : norm_bias_relu_pool_backward_sample<T, false>;
+        run(grad.const_data_ptr<T>() + n * pooled_plane, index.const_data_ptr<int64_t>() + n * pooled_plane,
+            f.const_data_ptr<T>() + n * plane, r.const_data_ptr<T>() + n * channels,
+            masked ? mask.const_data_ptr<T>() + n * plane : nullptr, height, width, size, channels,
+            d_f.mutable_data_ptr<T>() + n * plane, d_b.mutable_data_ptr<T>() + n * channels, dot.data());
+      }
+    });
+  });
+  return {d_f, d_b};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("norm_bias_relu_forward", &norm_bias_relu_forward);
   m.def("norm_bias_relu_backward", &norm_bias_relu_backward);
   m.def("adaptive_pool_forward", &adaptive_pool_forward);
+  m.def("norm_bias_relu_pool_forward", &norm_bias_relu_pool_forward);
+  m.def("norm_bias_relu_pool_backward", &norm_bias_relu_pool_backward);
   m.def("unpool_forward", &unpool_forward);
   m.def("unpool_backward", &unpool_backward);
   m.def("feedback_norm_forward", &feedback_norm_forward);
