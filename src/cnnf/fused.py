@@ -1,8 +1,10 @@
 """Fused CPU kernels for the memory-bound layers (issue 7), with autograd.
 
 Instance norm, bias and AdaReLU each pass over the whole batch's feature map when run layer by
-layer; `csrc/fused.cpp` does the three in one sweep per sample, whose map stays in cache, and
-AdaPool's signed max / min with its indices in one pass. The extension is compiled on first use
+layer; `csrc/fused.cpp` does the three in one sweep per sample, whose map stays in cache, with
+AdaPool as well where it follows (its signed max / min and indices; the map before the pool is
+never written), the feedback through the same layers in one more, and the reconstruction loss
+over all steps in one sweep forward and backward. The extension is compiled on first use
 with torch's JIT builder (gcc and ninja; `make setup` builds it) and cached under
 ~/.cache/torch_extensions. Where it cannot be built, or with CNNF_FUSED=0 in the environment,
 `available()` is False and the layers run their plain torch code, which computes the same
