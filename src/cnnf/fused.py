@@ -94,7 +94,7 @@ def norm_bias_relu(f: Tensor, bias: Tensor | None, drive: Tensor | None, relu: b
     """InstanceNorm, then + bias (C,) if given, then AdaReLU if `relu` (driven by `drive`, the
     feedback at the ReLU's output, or plain on the first pass). f: (B, C, H, W) channels-last.
     Returns (out like f, mask 0/1 like f or None without relu)."""
-    out, mask = _NormBiasReLU.apply(f, bias, None if drive is None else drive.detach(), relu, eps)
+    out, mask = _NormBiasReLU.apply(f, bias, _detached(drive), relu, eps)
     return out, (mask if relu else None)
 
 
@@ -123,8 +123,8 @@ def norm_bias_relu_pool(f: Tensor, bias: Tensor | None, relu_drive: Tensor | Non
     """`norm_bias_relu`, then `adaptive_pool` (size x size windows, driven by `pool_drive`) in
     one sweep per sample, without writing the map in between. f: (B, C, H, W) channels-last.
     Returns (pooled (B, C, H/size, W/size), the ReLU's mask like f or None, the pool's index)."""
-    detach = lambda t: None if t is None else t.detach()  # noqa: E731
-    pooled, mask, index = _NormBiasReLUPool.apply(f, bias, detach(relu_drive), detach(pool_drive), relu, size, eps)
+    pooled, mask, index = _NormBiasReLUPool.apply(f, bias, _detached(relu_drive), _detached(pool_drive), relu, size,
+                                                  eps)
     return pooled, (mask if relu else None), index
 
 
@@ -153,7 +153,7 @@ def adaptive_pool(f: Tensor, drive: Tensor | None, size: int) -> tuple[Tensor, T
     """AdaPool over size x size windows: max where drive >= 0 (or without drive), min where
     drive < 0. f: (B, C, H, W) channels-last; drive: (B, C, H/size, W/size) or None.
     Returns (pooled, flat index of the chosen pixel per (sample, channel) plane)."""
-    return _AdaptivePool.apply(f, None if drive is None else drive.detach(), size)
+    return _AdaptivePool.apply(f, _detached(drive), size)
 
 
 class _AdaptivePool(torch.autograd.Function):
@@ -235,7 +235,7 @@ class _FeedbackNorm(torch.autograd.Function):
 def accepts_squared_errors(reconstructions: Sequence[Tensor], target: Tensor) -> bool:
     """Whether `mean_squared_errors` takes these: maps as `accepts` wants, every reconstruction
     with the target's shape and strides."""
-    return accepts(target, *reconstructions) and all(
+    return bool(reconstructions) and accepts(target, *reconstructions) and all(
         g.shape == target.shape and g.stride() == target.stride() and g.dtype == target.dtype for g in reconstructions
     )
 
@@ -328,6 +328,11 @@ def run_feedback_segment(layers: Sequence[torch.nn.Module], g: Tensor, latents: 
     if pool is not None:
         signals.append(g)
     return tuple(signals), features
+
+
+def _detached(t: Tensor | None) -> Tensor | None:
+    """A drive without its graph: the kernels treat drives as constants (the latents' sign)."""
+    return None if t is None else t.detach()
 
 
 def _or_empty(t: Tensor | None) -> Tensor:
