@@ -216,6 +216,24 @@ void pool_window(const T* __restrict__ f, int64_t width, int64_t h0, int64_t w0,
   for (int64_t c = 0; c < channels; ++c) pooled[c] *= sign[c];
 }
 
+// Checks shared by the pooling kernels (f's H and W multiples of `size`; `drive`, if given, at
+// the pooled resolution) and their outputs: {pooled, index}, channels-last, at that resolution.
+std::vector<at::Tensor> pooled_outputs(const at::Tensor& f, const at::Tensor& drive, int64_t size,
+                                       const char* drive_name) {
+  check_map(f, "f");
+  const int64_t batch = f.size(0), channels = f.size(1), height = f.size(2), width = f.size(3);
+  TORCH_CHECK(size > 0 && height % size == 0 && width % size == 0, "the map's H and W must be multiples of ",
+              size);
+  const int64_t out_h = height / size, out_w = width / size;
+  if (drive.numel() > 0) {
+    check_map(drive, drive_name);
+    TORCH_CHECK(drive.size(0) == batch && drive.size(1) == channels && drive.size(2) == out_h &&
+                    drive.size(3) == out_w, drive_name, " must have the pooled shape");
+  }
+  return {at::empty({batch, channels, out_h, out_w}, f.options(), kChannelsLast),
+          at::empty({batch, channels, out_h, out_w}, f.options().dtype(at::kLong), kChannelsLast)};
+}
+
 // Checks shared by unpool_forward and unpool_backward: pooled-resolution maps, windows of `size`.
 void check_unpool(const at::Tensor& pooled, const at::Tensor& index, int64_t size) {
   check_map(pooled, "g");
@@ -277,19 +295,11 @@ void unpool_between(const at::Tensor& pooled, const at::Tensor& full, const at::
 // order; NaN wins). Returns (pooled, index): index is the flat h * W + w of the chosen pixel
 // in its (sample, channel) plane, int64, as F.max_pool2d(return_indices=True) gives.
 std::vector<at::Tensor> adaptive_pool_forward(const at::Tensor& f, const at::Tensor& drive, int64_t size) {
-  check_map(f, "f");
+  const auto outputs = pooled_outputs(f, drive, size, "drive");
+  const at::Tensor &pooled = outputs[0], &index = outputs[1];
   const int64_t batch = f.size(0), channels = f.size(1), height = f.size(2), width = f.size(3);
-  TORCH_CHECK(size > 0 && height % size == 0 && width % size == 0, "the map's H and W must be multiples of ",
-              size);
   const int64_t out_h = height / size, out_w = width / size;
-  const bool has_drive = drive.defined() && drive.numel() > 0;
-  if (has_drive) {
-    check_map(drive, "drive");
-    TORCH_CHECK(drive.size(0) == batch && drive.size(1) == channels && drive.size(2) == out_h &&
-                    drive.size(3) == out_w, "drive must have the pooled shape");
-  }
-  at::Tensor pooled = at::empty({batch, channels, out_h, out_w}, f.options(), kChannelsLast);
-  at::Tensor index = at::empty({batch, channels, out_h, out_w}, f.options().dtype(at::kLong), kChannelsLast);
+  const bool has_drive = drive.numel() > 0;
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "adaptive_pool_forward", [&] {
     const scalar_t* fp = f.const_data_ptr<scalar_t>();
     const scalar_t* gp = has_drive ? drive.const_data_ptr<scalar_t>() : nullptr;
@@ -725,23 +735,15 @@ void norm_bias_relu_pool_sample(const T* __restrict__ f, const T* __restrict__ b
 std::vector<at::Tensor> norm_bias_relu_pool_forward(const at::Tensor& f, const at::Tensor& bias,
                                                     const at::Tensor& relu_drive, const at::Tensor& pool_drive,
                                                     bool relu, int64_t size, double eps) {
-  check_map(f, "f");
+  const auto outputs = pooled_outputs(f, pool_drive, size, "pool_drive");
+  const at::Tensor &pooled = outputs[0], &index = outputs[1];
   const int64_t batch = f.size(0), channels = f.size(1), height = f.size(2), width = f.size(3);
-  TORCH_CHECK(size > 0 && height % size == 0 && width % size == 0, "the map's H and W must be multiples of ",
-              size);
   const int64_t out_h = height / size, out_w = width / size;
   const bool relu_driven = relu && relu_drive.numel() > 0, pool_driven = pool_drive.numel() > 0;
   if (relu_driven) {
     check_map(relu_drive, "relu_drive");
     TORCH_CHECK(relu_drive.sizes() == f.sizes(), "relu_drive must have the shape of f");
   }
-  if (pool_driven) {
-    check_map(pool_drive, "pool_drive");
-    TORCH_CHECK(pool_drive.size(0) == batch && pool_drive.size(1) == channels && pool_drive.size(2) == out_h &&
-                    pool_drive.size(3) == out_w, "pool_drive must have the pooled shape");
-  }
-  at::Tensor pooled = at::empty({batch, channels, out_h, out_w}, f.options(), kChannelsLast);
-  at::Tensor index = at::empty({batch, channels, out_h, out_w}, f.options().dtype(at::kLong), kChannelsLast);
   at::Tensor mask = relu ? at::empty_like(f, kChannelsLast) : at::empty({0}, f.options());
   at::Tensor r = at::empty({batch, channels}, f.options());
   const at::Tensor b = bias.numel() > 0 ? bias.contiguous() : at::zeros({channels}, f.options());
@@ -786,31 +788,19 @@ inline void pooled_gradient_pixel(const T* __restrict__ d_pooled, const int64_t*
 }
 
 // One sample of norm_bias_relu_pool_backward: the pooled gradient spread to the chosen pixels
-// (written to d_f as scratch), then the norm's backward on it in place.
+// and masked (dy, into the sample-sized `scratch`, which stays in cache), then the norm's
+// backward on dy as norm_bias_relu_backward_sample computes it.
 template <typename T, bool masked>
 void norm_bias_relu_pool_backward_sample(const T* __restrict__ d_pooled, const int64_t* __restrict__ index,
                                          const T* __restrict__ f, const T* __restrict__ r, const T* __restrict__ mask,
                                          int64_t height, int64_t width, int64_t size, int64_t channels,
-                                         T* __restrict__ d_f, T* __restrict__ d_b, T* __restrict__ dot) {
+                                         T* __restrict__ d_f, T* __restrict__ d_b, T* __restrict__ dot,
+                                         T* __restrict__ scratch) {
   for_each_window_pixel(height, width, size, channels, [&](int64_t window, int64_t at, int64_t o) {
     pooled_gradient_pixel<T, masked>(d_pooled + window, index + window, masked ? mask + o : nullptr, at, channels,
-                                     d_f + o);
+                                     scratch + o);
   });
-  const int64_t pixels = height * width;
-  std::fill(d_b, d_b + channels, T(0));
-  std::fill(dot, dot + channels, T(0));
-  for (int64_t p = 0; p < pixels; ++p) {
-    for (int64_t c = 0; c < channels; ++c) {
-      d_b[c] += d_f[p * channels + c];
-      dot[c] += d_f[p * channels + c] * (f[p * channels + c] * r[c]);
-    }
-  }
-  for (int64_t c = 0; c < channels; ++c) dot[c] /= T(pixels);
-  for (int64_t p = 0; p < pixels; ++p) {
-    for (int64_t c = 0; c < channels; ++c) {
-      d_f[p * channels + c] = r[c] * (d_f[p * channels + c] - (f[p * channels + c] * r[c]) * dot[c]);
-    }
-  }
+  norm_bias_relu_backward_sample<T, false>(scratch, f, r, nullptr, height * width, channels, d_f, d_b, dot);
 }
 
 }  // namespace
@@ -833,14 +823,15 @@ std::vector<at::Tensor> norm_bias_relu_pool_backward(const at::Tensor& d_pooled,
     using T = scalar_t;
     const int64_t plane = height * width * channels, pooled_plane = index.size(2) * index.size(3) * channels;
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> dot(channels);
+      std::vector<T> dot(channels), scratch(plane);
       for (int64_t n = begin; n < end; ++n) {
         const auto run = masked ? norm_bias_relu_pool_backward_sample<T, true>
                                 : norm_bias_relu_pool_backward_sample<T, false>;
         run(grad.const_data_ptr<T>() + n * pooled_plane, index.const_data_ptr<int64_t>() + n * pooled_plane,
             f.const_data_ptr<T>() + n * plane, r.const_data_ptr<T>() + n * channels,
             masked ? mask.const_data_ptr<T>() + n * plane : nullptr, height, width, size, channels,
-            d_f.mutable_data_ptr<T>() + n * plane, d_b.mutable_data_ptr<T>() + n * channels, dot.data());
+            d_f.mutable_data_ptr<T>() + n * plane, d_b.mutable_data_ptr<T>() + n * channels, dot.data(),
+            scratch.data());
       }
     });
   });
