@@ -43,10 +43,10 @@ import torch
 import torch.nn.functional as F
 
 import cnnf
-from cnnf import fused
+from cnnf import fused, steps
 from cnnf.allocator import keep_freed_memory
 from cnnf.layers import Conv2d, Linear
-from cnnf.losses import cnnf_loss
+from cnnf.losses import LossWeights
 from cnnf.model import CNNF
 
 SCHEMA_VERSION = 5
@@ -270,18 +270,12 @@ def random_batch(model: CNNF, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def training_step(model: CNNF, batch: int) -> Callable[[], None]:
-    """One standard CNN-F training step (paper defaults: Adam, lr 1e-3, weight decay 5e-4)."""
+    """One standard CNN-F training step, as `cnnf train` takes it (`cnnf.steps.make_step`; the
+    paper's losses and optimiser: Adam, lr 1e-3, weight decay 5e-4)."""
     x, y = random_batch(model, batch)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
-
-    def step() -> None:
-        run = model.infer(x)
-        loss, _ = cnnf_loss(model, run, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    return step
+    train_step = steps.make_step(model, optimizer, LossWeights(), adversarial=None)
+    return lambda: train_step(x, y)
 
 
 def inference_step(model: CNNF, batch: int) -> Callable[[], None]:

@@ -14,6 +14,11 @@ Switches, and what runs when one is off:
     feedback           the fused feedback through [norm, bias, AdaReLU?, AdaPool?] off: layer by layer
     one-channel-conv   Conv2d's matmul form of the transposed convolution to one channel off:
                        F.conv_transpose2d (oneDNN)
+    image-strides      one-channel maps (the images) viewed with NHWC strides off: `contiguous`
+                       keeps their NCHW strides, and oneDNN runs the first convolution as NCHW
+    drives-only        the fused feedback writes every signal map (u and m) even where only the
+                       drives are kept (`infer(..., drives_only=True)`, as inference and training
+                       without the norm-matching loss run)
     reconstruction-loss  the fused reconstruction loss (one sweep over all g_t and the target)
                        off: F.mse_loss per step on (B, H, W, C) views, summed by autograd
                        (training only)
@@ -47,6 +52,13 @@ def _onednn_to_one_channel(g, weight, padding):
     return layers.channels_last(F.conv_transpose2d(g, weight, padding=padding))
 
 
+def _every_signal_written(g, index, mask, size, eps, drives_only=False):
+    return _feedback_norm(g, index, mask, size, eps)
+
+
+_feedback_norm = fused.feedback_norm
+
+
 def _norm_then_pool(f, bias, relu_drive, pool_drive, relu, size, eps):
     out, mask = fused.norm_bias_relu(f, bias, relu_drive, relu, eps)
     pooled, index = fused.adaptive_pool(out, pool_drive, size)
@@ -58,6 +70,9 @@ SWITCHES = {
     "norm-pool": lambda: mock.patch.object(fused, "norm_bias_relu_pool", _norm_then_pool),
     "feedback": lambda: mock.patch.object(fused, "accepts_feedback", lambda *args: False),
     "one-channel-conv": lambda: mock.patch.object(layers._ConvTransposeToOneChannel, "apply", _onednn_to_one_channel),
+    "image-strides": lambda: mock.patch.object(layers, "channels_last",
+                                               lambda t: t.contiguous(memory_format=torch.channels_last)),
+    "drives-only": lambda: mock.patch.object(fused, "feedback_norm", _every_signal_written),
     "reconstruction-loss": lambda: mock.patch.object(fused, "accepts_squared_errors", lambda *args: False),
 }
 """Name: a context manager under which the optimisation is off."""

@@ -186,22 +186,27 @@ def test_feedback_norm_gradient(variant):
     assert torch.autograd.gradcheck(every_output, (g.requires_grad_(),))
 
 
+@pytest.mark.parametrize("drives_only", [False, True], ids=["all-signals", "drives-only"])
 @pytest.mark.parametrize("variant", _FEEDBACK_RUNS)
-def test_feedback_segment_equals_the_layers(variant, monkeypatch):
+def test_feedback_segment_equals_the_layers(variant, drives_only, monkeypatch):
     """Signals, features and the gradient through all of them (eta and the norm loss use the
-    signals) equal the layers' feedback one by one."""
+    signals) equal the layers' feedback one by one; with drives_only, the signals at the
+    adaptive layers only, the others None."""
     torch.manual_seed(4)
     run, latents, g = _feedback_run(*_FEEDBACK_RUNS[variant])
     assert fused.accepts_feedback(run, g, latents)
     g.requires_grad_()
-    signals, features = fused.run_feedback_segment(run, g, latents)
+    signals, features = fused.run_feedback_segment(run, g, latents, drives_only)
     _torch_layers(monkeypatch)
     expected_signals, below = [None] * len(run), g
     for i in reversed(range(len(run))):
-        expected_signals[i] = below
+        if run[i].adaptive or not drives_only:
+            expected_signals[i] = below
         below = run[i].feedback(below, latents[i])
-    outputs, expected = (*signals, features), (*expected_signals, below)
-    assert len(outputs) == len(expected) == len(run) + 1
+    assert [s is None for s in signals] == [s is None for s in expected_signals]
+    outputs = [t for t in (*signals, features) if t is not None]
+    expected = [t for t in (*expected_signals, below) if t is not None]
+    assert len(outputs) == len(expected) == 1 + sum(layer.adaptive or not drives_only for layer in run)
     weights = [torch.randn_like(t) for t in expected]
     (d_g,) = torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, outputs)), g)
     (expected_d_g,) = torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, expected)), g)

@@ -196,6 +196,26 @@ def test_infer_matches_the_explicit_algorithm():
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_drives_only_keeps_what_the_next_pass_reads(name):
+    """drives_only: the same features and drives (bit for bit), no other signals, and the
+    consumers of the other signals (eta, the norm-matching loss) refuse instead of summing None."""
+    model, x = _model(name, iterations=2), _images()
+    logits, latents = model.feedforward(x)
+    full, lean = model.feedback(logits, latents), model.feedback(logits, latents, drives_only=True)
+    assert torch.equal(lean.features, full.features)
+    for layer, kept, signal in zip(model.layers, full.signals, lean.signals):
+        assert (signal is None) if not layer.adaptive or kept is None else torch.equal(signal, kept)
+    assert any(s is not None for s in lean.signals)
+    with pytest.raises(ValueError, match="drives_only=False"):
+        model.eta(lean)
+    lean_logits, logits = model.infer(x, drives_only=True).logits, model.infer(x).logits
+    assert len(lean_logits) == 3 and all(torch.equal(a, b) for a, b in zip(lean_logits, logits))
+    run = model.infer(x, keep_activations=True, drives_only=True)
+    with pytest.raises(ValueError, match="drives_only=False"):
+        cnnf_loss(model, run, torch.tensor([0, 1, 2]), weights=LossWeights(norm=0.1))
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_reconstruction_gradients_reach_the_shared_weights(name):
     model, x = _model(name, iterations=2), _images()
     run = model.infer(x)

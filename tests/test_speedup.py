@@ -73,3 +73,38 @@ def test_a_switch_turns_its_optimisation_off_only_inside(switch, monkeypatch):
     with SWITCHES[switch]():
         assert _calls(model, owner, function, monkeypatch) == 0
     assert _calls(model, owner, function, monkeypatch) > 0
+
+
+def test_the_image_strides_switch_leaves_images_nchw_only_inside():
+    images = torch.rand(2, 1, 28, 28)
+    assert layers.channels_last(images).stride()[1] == 1  # NHWC strides: oneDNN's channels-last path
+    with SWITCHES["image-strides"]():
+        assert layers.channels_last(images).stride()[1] == 28 * 28
+    assert layers.channels_last(images).stride()[1] == 1
+
+
+def _feedback_maps_written(model, monkeypatch) -> int:
+    """Maps the fused feedback returns (its output plus each signal written) in one inference."""
+    written = []
+    original = fused._FeedbackNorm.apply
+
+    def counted(*args):
+        outputs = original(*args)
+        written.append(len(outputs))
+        return outputs
+
+    monkeypatch.setattr(fused._FeedbackNorm, "apply", counted)
+    with torch.inference_mode():
+        model(torch.rand(2, 1, 28, 28) * 2 - 1)
+    monkeypatch.setattr(fused._FeedbackNorm, "apply", original)
+    return sum(written)
+
+
+def test_the_drives_only_switch_writes_every_signal_only_inside(monkeypatch):
+    if not fused.available():
+        pytest.skip("fused kernels not built")
+    model = cnnf.create_model("paper_mnist", iterations=1)  # two fused feedback runs, neither with a drive map
+    assert _feedback_maps_written(model, monkeypatch) == 2
+    with SWITCHES["drives-only"]():
+        assert _feedback_maps_written(model, monkeypatch) == 4
+    assert _feedback_maps_written(model, monkeypatch) == 2

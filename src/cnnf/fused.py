@@ -196,40 +196,45 @@ class _Unpool(torch.autograd.Function):
         return _extension().unpool_backward(d_full, index, ctx.size), None, None
 
 
-def feedback_norm(g: Tensor, index: Tensor | None, mask: Tensor | None, size: int, eps: float):
+def feedback_norm(g: Tensor, index: Tensor | None, mask: Tensor | None, size: int, eps: float,
+                  drives_only: bool = False):
     """The feedback (eq. 2) through [InstanceNorm, Bias, AdaReLU?, AdaPool?] in one kernel, g at
     the run's output: u = unpool(g) with AdaPool's `index` (g pooled), m = mask * u with
     AdaReLU's mask, out = InstanceNorm(m). At least one of index and mask. Returns
-    (u or None, m or None, out); u and m are the signals arriving at the ReLU and the bias."""
-    pooled, masked = index is not None, mask is not None
-    outputs = list(_FeedbackNorm.apply(g, index, mask, size, eps))
-    unpooled = outputs.pop(0) if pooled else None
-    masked_map = outputs.pop(0) if masked else None
+    (u or None, m or None, out); u and m are the signals arriving at the ReLU and the bias.
+    drives_only: return u only where it drives the ReLU (index and mask given) and no m; the
+    maps not returned are never written, which saves a pass over memory per map."""
+    keep_unpooled = index is not None and (mask is not None or not drives_only)
+    keep_masked = mask is not None and not drives_only
+    outputs = list(_FeedbackNorm.apply(g, index, mask, size, eps, keep_unpooled, keep_masked))
+    unpooled = outputs.pop(0) if keep_unpooled else None
+    masked_map = outputs.pop(0) if keep_masked else None
     return unpooled, masked_map, outputs[0]
 
 
 class _FeedbackNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, g, index, mask, size, eps):
-        unpooled, masked, out, r = _extension().feedback_norm_forward(g, _or_empty(index), _or_empty(mask), size, eps)
-        ctx.size, ctx.pooled, ctx.masked = size, index is not None, mask is not None
-        ctx.save_for_backward(masked if ctx.masked else unpooled, r, index, mask)
+    def forward(ctx, g, index, mask, size, eps, keep_unpooled, keep_masked):
+        unpooled, masked, out, r = _extension().feedback_norm_forward(g, _or_empty(index), _or_empty(mask), size, eps,
+                                                                      keep_unpooled, keep_masked)
+        ctx.size, ctx.keep_unpooled, ctx.keep_masked, ctx.masked = size, keep_unpooled, keep_masked, mask is not None
+        ctx.save_for_backward(out, r, index, mask)
         ctx.set_materialize_grads(False)  # unused outputs' gradients stay None
-        return (*((unpooled,) if ctx.pooled else ()), *((masked,) if ctx.masked else ()), out)
+        return (*((unpooled,) if keep_unpooled else ()), *((masked,) if keep_masked else ()), out)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
-        normed, r, index, mask = ctx.saved_tensors
+        out, r, index, mask = ctx.saved_tensors
         grads = list(grads)
-        d_unpooled = grads.pop(0) if ctx.pooled else None
-        d_masked = grads.pop(0) if ctx.masked else None
-        d_out = torch.zeros_like(normed) if grads[0] is None else grads[0]  # only the signals were used
+        d_unpooled = grads.pop(0) if ctx.keep_unpooled else None
+        d_masked = grads.pop(0) if ctx.keep_masked else None
+        d_out = torch.zeros_like(out) if grads[0] is None else grads[0]  # only the signals were used
         # the gradient of the map the norm read adds before the mask; u's (if masked) after it
         d_normed, d_after_mask = (d_masked, d_unpooled) if ctx.masked else (d_unpooled, None)
-        d_g = _extension().feedback_norm_backward(d_out, normed, r, _or_empty(index), _or_empty(mask),
+        d_g = _extension().feedback_norm_backward(d_out, out, r, _or_empty(index), _or_empty(mask),
                                                   _or_empty(d_normed), _or_empty(d_after_mask), ctx.size)
-        return d_g, None, None, None, None
+        return d_g, None, None, None, None, None, None
 
 
 def accepts_squared_errors(reconstructions: Sequence[Tensor], target: Tensor) -> bool:
@@ -308,10 +313,12 @@ def feedback_segments(layers: Sequence[torch.nn.Module]) -> dict[int, int]:
     return {stop - 1: norm for norm, stop in norm_segments(layers).items() if stop - 1 > norm + 1}
 
 
-def run_feedback_segment(layers: Sequence[torch.nn.Module], g: Tensor, latents: Sequence[Tensor | None]):
+def run_feedback_segment(layers: Sequence[torch.nn.Module], g: Tensor, latents: Sequence[Tensor | None],
+                         drives_only: bool = False):
     """The feedback of one `feedback_segments` run, g at its top layer's output, latents one per
     layer of the run. Returns (signals arriving at each layer's output, features below the
-    norm): what the layers' `feedback` one by one give."""
+    norm): what the layers' `feedback` one by one give; with drives_only, the signals only at
+    the adaptive layers (None at the norm and the bias), which the kernel then never writes."""
     from cnnf.layers import AdaPool, AdaReLU
 
     norm, *_ = layers
@@ -319,10 +326,10 @@ def run_feedback_segment(layers: Sequence[torch.nn.Module], g: Tensor, latents: 
     relu_at = next((i for i, layer in enumerate(layers) if isinstance(layer, AdaReLU)), None)
     index = latents[-1] if pool else None
     mask = None if relu_at is None else latents[relu_at]
-    unpooled, masked, features = feedback_norm(g, index, mask, pool.size if pool else 1, norm.eps)
+    unpooled, masked, features = feedback_norm(g, index, mask, pool.size if pool else 1, norm.eps, drives_only)
     above_relu = g if pool is None else unpooled  # the signal at the ReLU's output
     below_relu = above_relu if mask is None else masked  # at the bias and the norm
-    signals = [below_relu, below_relu]
+    signals = [None, None] if drives_only else [below_relu, below_relu]
     if relu_at is not None:
         signals.append(above_relu)
     if pool is not None:

@@ -48,7 +48,7 @@ class Conv2d(FeedbackLayer):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv2d's default
 
     def forward(self, f: Tensor, drive: Tensor | None = None) -> tuple[Tensor, Latent]:
-        return channels_last(F.conv2d(f, self.weight, padding=self.padding)), None
+        return channels_last(F.conv2d(channels_last(f), self.weight, padding=self.padding)), None
 
     def feedback(self, g: Tensor, latent: Latent) -> Tensor:
         if self.weight.shape[1] == 1 and g.device.type == "cpu":  # down to one channel, e.g. the pixels
@@ -263,5 +263,13 @@ class Flatten(FeedbackLayer):
 def channels_last(t: Tensor) -> Tensor:
     """t in channels-last memory (NHWC strides; same shape and values). Every (B, C, H, W)
     feature map of the network is kept in this one layout: torch's CPU convolutions and
-    pooling run faster in it, and elementwise ops on operands of mixed layouts are slow."""
+    pooling run faster in it, and elementwise ops on operands of mixed layouts are slow.
+
+    One-channel maps (images) are the same bytes in either layout, and `contiguous` leaves
+    their NCHW strides; they get the NHWC strides (C stride 1) as a view instead, without
+    which oneDNN took them for NCHW and ran the first convolution 3.7x slower with its output
+    copied to channels-last (benchmarks/README.md)."""
+    if t.dim() == 4 and t.shape[1] == 1 and t.is_contiguous():
+        batch, _, height, width = t.shape
+        return t.view(batch, height, width, 1).permute(0, 3, 1, 2)
     return t.contiguous(memory_format=torch.channels_last)

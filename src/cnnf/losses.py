@@ -55,8 +55,8 @@ def cnnf_loss(
         terms["cll"] = _mean(F.cross_entropy(class_energies(model, z), labels) for z in run.latents[:-1])
     terms["norm"] = zero
     if weights.norm and run.feedbacks:
-        if run.activations is None:
-            raise ValueError("the norm-matching loss needs model.infer(x, keep_activations=True)")
+        if run.activations is None or any(fb.drives_only for fb in run.feedbacks):
+            raise ValueError("the norm-matching loss needs model.infer(x, keep_activations=True, drives_only=False)")
         terms["norm"] = _mean(_norm_gap(model, a, fb.signals) for a, fb in zip(run.activations, run.feedbacks))
     coefficients = asdict(weights)
     total = sum(coefficients[name] * value for name, value in terms.items())

@@ -37,13 +37,16 @@ OUTPUTS = ("last", "average")
 class Feedback:
     """One feedback (generation) pass.
 
-    features: g at the target layer, e.g. (B, 1, 28, 28) for layer 0.
-    signals:  per layer, the signal arriving at its output (before its mask); None below the
-              target layer. Used as the `drive` of the next feedforward pass and for eta.
+    features:    g at the target layer, e.g. (B, 1, 28, 28) for layer 0.
+    signals:     per layer, the signal arriving at its output (before its mask); None below the
+                 target layer. Used as the `drive` of the next feedforward pass and for eta.
+    drives_only: the signals are kept only at AdaReLU / AdaPool layers (the drives), None
+                 elsewhere; enough for inference, not for eta or the norm-matching loss.
     """
 
     features: Tensor
     signals: Drive
+    drives_only: bool = False
 
 
 @dataclass
@@ -131,7 +134,7 @@ class CNNF(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (B, classes) after `iterations` feedback steps, `output` mode."""
-        return self.infer(x).output(self.output)
+        return self.infer(x, drives_only=True).output(self.output)
 
     def encode(self, x: Tensor, to_layer: int | None = None) -> Tensor:
         """Plain feedforward features of images x at layer `to_layer` (default k)."""
@@ -156,9 +159,12 @@ class CNNF(nn.Module):
         logits, latents, _ = self._run(h, start, len(self.layers), drive, keep=False)
         return logits, latents
 
-    def feedback(self, logits: Tensor, latents: Latents, to_layer: int | None = None) -> Feedback:
+    def feedback(
+        self, logits: Tensor, latents: Latents, to_layer: int | None = None, drives_only: bool = False
+    ) -> Feedback:
         """Feedback pathway (the DGM, eq. 2): generate from logits-space `logits` (B, classes)
-        with `latents` down to layer `to_layer` (default k)."""
+        with `latents` down to layer `to_layer` (default k). drives_only: keep the signals only
+        where the next feedforward pass reads them (see `Feedback`), and skip writing the rest."""
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"expected logits of shape (B, {self.num_classes}), got {tuple(logits.shape)}")
         stop = self._position(to_layer)
@@ -170,15 +176,16 @@ class CNNF(nn.Module):
             if norm is not None and norm >= stop:
                 run = slice(norm, i + 1)
                 if fused.accepts_feedback(self.layers[run], g, latents[run]):
-                    signals[run], g = fused.run_feedback_segment(self.layers[run], g, latents[run])
+                    signals[run], g = fused.run_feedback_segment(self.layers[run], g, latents[run], drives_only)
                     i = norm - 1
                     continue
             if self.layers[i].adaptive and latents[i] is None:
                 raise ValueError(f"no latent for layer {i}; the latents come from a pass that started above it")
-            signals[i] = g
+            if self.layers[i].adaptive or not drives_only:
+                signals[i] = g
             g = self.layers[i].feedback(g, latents[i])
             i -= 1
-        return Feedback(g, tuple(signals))
+        return Feedback(g, tuple(signals), drives_only)
 
     def generate(self, logits: Tensor, latents: Latents, to_layer: int | None = None) -> Tensor:
         """Generated features g at layer `to_layer` (default k); see `feedback`."""
@@ -186,6 +193,8 @@ class CNNF(nn.Module):
 
     def eta(self, feedback: Feedback) -> Tensor:
         """eta(u, z) = sum over bias layers of <b, signal at that layer> (eq. 13, Lemma A.1), (B,)."""
+        if feedback.drives_only:
+            raise ValueError("eta needs the signals at the bias layers; generate with drives_only=False")
         total = torch.zeros((), dtype=feedback.features.dtype)
         for layer, signal in zip(self.layers, feedback.signals):
             if isinstance(layer, Bias) and signal is not None:
@@ -198,11 +207,14 @@ class CNNF(nn.Module):
         iterations: int | None = None,
         tol: float | None = None,
         keep_activations: bool = False,
+        drives_only: bool = False,
     ) -> Inference:
         """Iterative inference (Algorithm 1) on images x (B, C, H, W) in [-1, 1].
 
         iterations: N (default: the model's). tol: adaptive stopping; a sample stops once its
-        prediction is unchanged and ||h_{t+1} - h_t|| / ||h_t|| < tol.
+        prediction is unchanged and ||h_{t+1} - h_t|| / ||h_t|| < tol. drives_only: the
+        feedbacks keep only the signals that drive the next pass (see `Feedback`); faster,
+        and all that logits, reconstructions and the ce / rec / cll losses need.
         """
         n = self.iterations if iterations is None else iterations
         if n < 0:
@@ -214,7 +226,7 @@ class CNNF(nn.Module):
         run.activations = [acts] if keep_activations else None
         active = torch.ones(len(x), dtype=torch.bool)
         for _ in range(n):
-            fb = self.feedback(logits, latents)
+            fb = self.feedback(logits, latents, drives_only=drives_only)
             h_next = fb.features if self.residual == 1 else h + self.residual * (fb.features - h)
             logits_next, latents_next, acts = self._run(h_next, start, len(self.layers), fb.signals, keep_activations)
             run.iterations_used += active

@@ -84,4 +84,4 @@ def gradient_source(
     mode = model.output if output is None else output
     if mode not in OUTPUTS:
         raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {mode!r}")
-    return GradientSource("e2e", model, lambda x: model.infer(x).output(mode), mode)
+    return GradientSource("e2e", model, lambda x: model.infer(x, drives_only=True).output(mode), mode)

@@ -387,13 +387,13 @@ inline void feedback_norm_pixel(const T* __restrict__ g, const int64_t* __restri
 // One pixel of feedback_norm_backward_sample's second pass: the gradient wrt the norm's input,
 // plus the outputs' own gradients, through the mask, to g (at the chosen pixel if pooled).
 template <typename T, bool pooled, bool masked>
-inline void feedback_norm_backward_pixel(const T* __restrict__ d_out, const T* __restrict__ normed,
+inline void feedback_norm_backward_pixel(const T* __restrict__ d_out, const T* __restrict__ out,
                                          const T* __restrict__ r, const T* __restrict__ dot,
                                          const int64_t* __restrict__ index, const T* __restrict__ mask,
                                          const T* __restrict__ d_normed, const T* __restrict__ d_unpooled, int64_t at,
                                          int64_t channels, T* __restrict__ d_g) {
   for (int64_t c = 0; c < channels; ++c) {
-    T d = r[c] * (d_out[c] - (normed[c] * r[c]) * dot[c]);
+    T d = r[c] * (d_out[c] - out[c] * dot[c]);
     if (d_normed) d += d_normed[c];
     if constexpr (masked) {
       d *= mask[c];
@@ -409,7 +409,8 @@ inline void feedback_norm_backward_pixel(const T* __restrict__ d_out, const T* _
 
 // One sample of feedback_norm_forward on its (height x width) x channels NHWC plane. `pooled`:
 // g is at the pooled resolution and goes to the pixels `index` chose (u); `masked`: u is
-// multiplied by the ReLU mask (m). Pass 1 writes u and m and sums m^2; pass 2 scales m, which
+// multiplied by the ReLU mask (m). Pass 1 writes u and m (to the outputs, or to one plane of
+// per-thread scratch where the caller does not keep them) and sums m^2; pass 2 scales m, which
 // is still in cache, by r = (mean m^2 + eps)^(-1/2). Without pooling u is g itself.
 template <typename T, bool pooled, bool masked>
 void feedback_norm_sample(const T* __restrict__ g, const int64_t* __restrict__ index, const T* __restrict__ mask,
@@ -430,11 +431,11 @@ void feedback_norm_sample(const T* __restrict__ g, const int64_t* __restrict__ i
   }
 }
 
-// One sample of feedback_norm_backward. `normed` is the map the norm read (m, or u without a
-// mask); d_normed and d_unpooled are the gradients of the forward's m / u outputs (nullptr
+// One sample of feedback_norm_backward. `out` is the forward's output (the norm's, m r or
+// u r); d_normed and d_unpooled are the gradients of the forward's m / u outputs (nullptr
 // where unused). d_g is written at the chosen pixels (pooled) or everywhere.
 template <typename T, bool pooled, bool masked>
-void feedback_norm_backward_sample(const T* __restrict__ d_out, const T* __restrict__ normed, const T* __restrict__ r,
+void feedback_norm_backward_sample(const T* __restrict__ d_out, const T* __restrict__ out, const T* __restrict__ r,
                                    const int64_t* __restrict__ index, const T* __restrict__ mask,
                                    const T* __restrict__ d_normed, const T* __restrict__ d_unpooled, int64_t height,
                                    int64_t width, int64_t size, int64_t channels, T* __restrict__ d_g,
@@ -442,12 +443,12 @@ void feedback_norm_backward_sample(const T* __restrict__ d_out, const T* __restr
   const int64_t pixels = height * width;
   std::fill(dot, dot + channels, T(0));
   for (int64_t p = 0; p < pixels; ++p) {
-    for (int64_t c = 0; c < channels; ++c) dot[c] += d_out[p * channels + c] * (normed[p * channels + c] * r[c]);
+    for (int64_t c = 0; c < channels; ++c) dot[c] += d_out[p * channels + c] * out[p * channels + c];
   }
   for (int64_t c = 0; c < channels; ++c) dot[c] /= T(pixels);
   for_each_window_pixel(height, width, size, channels, [&](int64_t to, int64_t at, int64_t o) {
     feedback_norm_backward_pixel<T, pooled, masked>(
-        d_out + o, normed + o, r, dot, pooled ? index + to : nullptr, masked ? mask + o : nullptr,
+        d_out + o, out + o, r, dot, pooled ? index + to : nullptr, masked ? mask + o : nullptr,
         d_normed ? d_normed + o : nullptr, d_unpooled ? d_unpooled + o : nullptr, at, channels, d_g + (pooled ? to : o));
   });
 }
@@ -471,9 +472,10 @@ const T* or_null(const at::Tensor& t) {
 // The feedback through a [norm, bias, AdaReLU?, AdaPool?] run, with g at the run's output:
 // with `index` (pooled g, AdaPool's choice), u = unpool(g); with `mask` (AdaReLU's z), m = z * u;
 // out = InstanceNorm(m). Bias is the identity in feedback. At least one of index and mask.
-// Returns (u or empty, m or empty, out, r (B, C)); u and m are the signals at those layers.
+// Returns (u or empty, m or empty, out, r (B, C)); u and m are the signals at those layers,
+// written only if keep_unpooled / keep_masked (else empty: they stay in a per-thread plane).
 std::vector<at::Tensor> feedback_norm_forward(const at::Tensor& g, const at::Tensor& index, const at::Tensor& mask,
-                                              int64_t size, double eps) {
+                                              int64_t size, double eps, bool keep_unpooled, bool keep_masked) {
   const bool pooled = index.numel() > 0, masked = mask.numel() > 0;
   TORCH_CHECK(pooled || masked, "feedback_norm needs a pooling index, a ReLU mask or both");
   if (pooled) check_unpool(g, index, size);
@@ -481,29 +483,35 @@ std::vector<at::Tensor> feedback_norm_forward(const at::Tensor& g, const at::Ten
   const int64_t batch = g.size(0), channels = g.size(1);
   const int64_t height = pooled ? g.size(2) * size : g.size(2), width = pooled ? g.size(3) * size : g.size(3);
   const auto options = g.options();
-  at::Tensor full = at::empty({batch, channels, height, width}, options, kChannelsLast);
+  at::Tensor out = at::empty({batch, channels, height, width}, options, kChannelsLast);
   if (masked) {
     check_map(mask, "mask");
-    TORCH_CHECK(mask.sizes() == full.sizes(), "mask must have the shape of the unpooled map");
+    TORCH_CHECK(mask.sizes() == out.sizes(), "mask must have the shape of the unpooled map");
   }
-  at::Tensor unpooled = pooled ? full : at::empty({0}, options);
-  at::Tensor masked_out = masked ? at::empty_like(full, kChannelsLast) : at::empty({0}, options);
-  at::Tensor out = at::empty_like(full, kChannelsLast);
+  at::Tensor unpooled = pooled && keep_unpooled ? at::empty_like(out, kChannelsLast) : at::empty({0}, options);
+  at::Tensor masked_out = masked && keep_masked ? at::empty_like(out, kChannelsLast) : at::empty({0}, options);
+  const bool scratch_u = pooled && !keep_unpooled, scratch_m = masked && !keep_masked;
   at::Tensor r = at::empty({batch, channels}, options);
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "feedback_norm_forward", [&] {
     using T = scalar_t;
     const int64_t plane = height * width * channels, in_plane = g.size(2) * g.size(3) * channels;
     with_flags(pooled, masked, [&](auto pooled_flag, auto masked_flag) {
       constexpr bool P = decltype(pooled_flag)::value, M = decltype(masked_flag)::value;
+      const T* gp = g.const_data_ptr<T>();
+      const int64_t* ip = P ? index.const_data_ptr<int64_t>() : nullptr;
+      const T* mp = M ? mask.const_data_ptr<T>() : nullptr;
+      T* up = P && keep_unpooled ? unpooled.mutable_data_ptr<T>() : nullptr;
+      T* mo = M && keep_masked ? masked_out.mutable_data_ptr<T>() : nullptr;
+      T* op = out.mutable_data_ptr<T>();
+      T* rp = r.mutable_data_ptr<T>();
       at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-        std::vector<T> sum(channels);
+        std::vector<T> sum(channels), u_plane(scratch_u ? plane : 0), m_plane(scratch_m ? plane : 0);
         for (int64_t n = begin; n < end; ++n) {
-          feedback_norm_sample<T, P, M>(
-              g.const_data_ptr<T>() + n * in_plane, P ? index.const_data_ptr<int64_t>() + n * in_plane : nullptr,
-              M ? mask.const_data_ptr<T>() + n * plane : nullptr, height, width, pooled ? size : 1, channels, eps,
-              P ? unpooled.mutable_data_ptr<T>() + n * plane : nullptr,
-              M ? masked_out.mutable_data_ptr<T>() + n * plane : nullptr, out.mutable_data_ptr<T>() + n * plane,
-              r.mutable_data_ptr<T>() + n * channels, sum.data());
+          T* u = P ? (scratch_u ? u_plane.data() : up + n * plane) : nullptr;
+          T* m = M ? (scratch_m ? m_plane.data() : mo + n * plane) : nullptr;
+          feedback_norm_sample<T, P, M>(gp + n * in_plane, P ? ip + n * in_plane : nullptr, M ? mp + n * plane : nullptr,
+                                        height, width, pooled ? size : 1, channels, eps, u, m, op + n * plane,
+                                        rp + n * channels, sum.data());
         }
       });
     });
@@ -511,22 +519,22 @@ std::vector<at::Tensor> feedback_norm_forward(const at::Tensor& g, const at::Ten
   return {unpooled, masked_out, out, r};
 }
 
-// Gradient of feedback_norm_forward wrt g: d_out (like out), the saved `normed` map (m, or u
-// without a mask) and r; d_normed / d_unpooled are the gradients of the m / u outputs or empty.
-at::Tensor feedback_norm_backward(const at::Tensor& d_out, const at::Tensor& normed, const at::Tensor& r,
+// Gradient of feedback_norm_forward wrt g: d_out and the saved `out` (the forward's) and r;
+// d_normed / d_unpooled are the gradients of the m / u outputs or empty.
+at::Tensor feedback_norm_backward(const at::Tensor& d_out, const at::Tensor& out, const at::Tensor& r,
                                   const at::Tensor& index, const at::Tensor& mask, const at::Tensor& d_normed,
                                   const at::Tensor& d_unpooled, int64_t size) {
   const bool pooled = index.numel() > 0, masked = mask.numel() > 0;
   TORCH_CHECK(pooled || masked, "feedback_norm needs a pooling index, a ReLU mask or both");
-  check_map(normed, "normed");
+  check_map(out, "out");
   const at::Tensor grad = d_out.contiguous(kChannelsLast);
   const at::Tensor grad_normed = d_normed.numel() ? d_normed.contiguous(kChannelsLast) : d_normed;
   const at::Tensor grad_unpooled = d_unpooled.numel() ? d_unpooled.contiguous(kChannelsLast) : d_unpooled;
-  const int64_t batch = normed.size(0), channels = normed.size(1), height = normed.size(2), width = normed.size(3);
-  at::Tensor d_g = pooled ? at::empty(index.sizes(), normed.options(), kChannelsLast).zero_()  // zeros: see unpool_backward
-                          : at::empty_like(normed, kChannelsLast);
+  const int64_t batch = out.size(0), channels = out.size(1), height = out.size(2), width = out.size(3);
+  at::Tensor d_g = pooled ? at::empty(index.sizes(), out.options(), kChannelsLast).zero_()  // zeros: see unpool_backward
+                          : at::empty_like(out, kChannelsLast);
   if (pooled) check_unpool(d_g, index, size);
-  AT_DISPATCH_FLOATING_TYPES(normed.scalar_type(), "feedback_norm_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "feedback_norm_backward", [&] {
     using T = scalar_t;
     const int64_t plane = height * width * channels, g_plane = d_g.size(2) * d_g.size(3) * channels;
     const T* dn = or_null<T>(grad_normed);
@@ -537,7 +545,7 @@ at::Tensor feedback_norm_backward(const at::Tensor& d_out, const at::Tensor& nor
         std::vector<T> dot(channels);
         for (int64_t n = begin; n < end; ++n) {
           feedback_norm_backward_sample<T, P, M>(
-              grad.const_data_ptr<T>() + n * plane, normed.const_data_ptr<T>() + n * plane,
+              grad.const_data_ptr<T>() + n * plane, out.const_data_ptr<T>() + n * plane,
               r.const_data_ptr<T>() + n * channels, P ? index.const_data_ptr<int64_t>() + n * g_plane : nullptr,
               M ? mask.const_data_ptr<T>() + n * plane : nullptr, dn ? dn + n * plane : nullptr,
               du ? du + n * plane : nullptr, height, width, pooled ? size : 1, channels,
