@@ -239,25 +239,47 @@ CEILING_KINDS = ("forward", "forward_backward")
 """The ceiling of inference and of training (and attacks, which also run backward)."""
 
 
+PLACEMENTS = 4
+"""Input buffers each ceiling call convolves, at different addresses: one convolution's speed
+moves with where its input lies (measured: 155-225 GFLOP/s over ten 64-byte-aligned offsets
+on this machine's paper_mnist and conv4_mnist shapes), and one buffer made the ceiling of a
+whole table block 30 % fast or slow by chance."""
+
+
+def placed_copies(t: torch.Tensor, copies: int) -> list[torch.Tensor]:
+    """`copies` copies of t (same strides), each starting at a seeded random 64-byte-aligned
+    offset within 64 KB of a fresh buffer."""
+    offsets = torch.randint(0, 1024, (copies,), generator=torch.Generator().manual_seed(0)) * 16
+    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))  # t's dims, outermost in memory first
+    placed = []
+    for offset in offsets.tolist():
+        dense = torch.empty(t.numel() + offset)[offset:].view([t.shape[d] for d in order])
+        placed.append(dense.permute([order.index(d) for d in range(t.dim())]).copy_(t))
+    return placed
+
+
 def conv_kernels(model: CNNF, layout: torch.memory_format, batch: int) -> dict[str, Ceiling]:
     """The network's largest convolution as ceiling kernels in `layout`: {"forward",
-    "forward_backward"} -> (kernel, GFLOP per call)."""
+    "forward_backward"} -> (kernel, GFLOP per call). A call runs the convolution on each of
+    `PLACEMENTS` copies of its input."""
     index = largest_conv(model)
     layer = model.layers[index]
-    gflop = 2 * layer_macs(model, index) * batch / 1e9
-    x = torch.randn(batch, *model.shapes[index]).contiguous(memory_format=layout)
+    gflop = PLACEMENTS * 2 * layer_macs(model, index) * batch / 1e9
+    xs = placed_copies(torch.randn(batch, *model.shapes[index]).contiguous(memory_format=layout), PLACEMENTS)
     weight = torch.randn(layer.weight.shape)
     grad_out = torch.randn(batch, *model.shapes[index + 1]).contiguous(memory_format=layout)
-    x_grad, weight_grad = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    x_grads, weight_grad = [x.clone().requires_grad_() for x in xs], weight.clone().requires_grad_()
+
+    def forward() -> None:
+        for x in xs:
+            F.conv2d(x, weight, padding=layer.padding)
 
     def forward_backward() -> None:
-        out = F.conv2d(x_grad, weight_grad, padding=layer.padding)
-        torch.autograd.grad(out, (x_grad, weight_grad), grad_out)
+        for x_grad in x_grads:
+            out = F.conv2d(x_grad, weight_grad, padding=layer.padding)
+            torch.autograd.grad(out, (x_grad, weight_grad), grad_out)
 
-    return {
-        "forward": (lambda: F.conv2d(x, weight, padding=layer.padding), gflop),
-        "forward_backward": (forward_backward, 3 * gflop),
-    }
+    return {"forward": (forward, gflop), "forward_backward": (forward_backward, 3 * gflop)}
 
 
 # --- Model throughput --------------------------------------------------------------------------
