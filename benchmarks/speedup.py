@@ -14,6 +14,8 @@ Switches, and what runs when one is off:
     feedback           the fused feedback through [norm, bias, AdaReLU?, AdaPool?] off: layer by layer
     one-channel-conv   Conv2d's matmul form of the transposed convolution to one channel off:
                        F.conv_transpose2d (oneDNN)
+    one-channel-backward  the backward of the transposed convolution to one channel through
+                       oneDNN's convolution from one channel off: matmuls on the unfolded gradient
     image-strides      one-channel maps (the images) viewed with NHWC strides off: `contiguous`
                        keeps their NCHW strides, and oneDNN runs the first convolution as NCHW
     drives-only        the fused feedback writes every signal map (u and m) even where only the
@@ -59,6 +61,19 @@ def _every_signal_written(g, index, mask, size, eps, drives_only=False):
 _feedback_norm = fused.feedback_norm
 
 
+@torch.autograd.function.once_differentiable
+def _matmul_backward_to_one_channel(ctx, d_out):
+    """The previous backward of `_ConvTransposeToOneChannel`: the matmuls on the unfolded gradient."""
+    g, weight = ctx.saved_tensors
+    batch, channels, height, width = g.shape
+    k, p = weight.shape[-1], ctx.padding
+    windows = F.pad(d_out[:, 0], (p, p, p, p)).unfold(1, height, 1).unfold(2, width, 1)
+    d_taps = windows.permute(0, 3, 4, 1, 2).reshape(-1, k * k)  # the gradient of each tap
+    d_g = (d_taps @ weight.reshape(channels, k * k).t()).view(batch, height, width, channels).permute(0, 3, 1, 2)
+    d_w = (layers.channels_last(g).permute(0, 2, 3, 1).reshape(-1, channels).t() @ d_taps).view_as(weight)
+    return d_g, d_w, None
+
+
 def _norm_then_pool(f, bias, relu_drive, pool_drive, relu, size, eps):
     out, mask = fused.norm_bias_relu(f, bias, relu_drive, relu, eps)
     pooled, index = fused.adaptive_pool(out, pool_drive, size)
@@ -70,6 +85,8 @@ SWITCHES = {
     "norm-pool": lambda: mock.patch.object(fused, "norm_bias_relu_pool", _norm_then_pool),
     "feedback": lambda: mock.patch.object(fused, "accepts_feedback", lambda *args: False),
     "one-channel-conv": lambda: mock.patch.object(layers._ConvTransposeToOneChannel, "apply", _onednn_to_one_channel),
+    "one-channel-backward": lambda: mock.patch.object(layers._ConvTransposeToOneChannel, "backward",
+                                                      staticmethod(_matmul_backward_to_one_channel)),
     "image-strides": lambda: mock.patch.object(layers, "channels_last",
                                                lambda t: t.contiguous(memory_format=torch.channels_last)),
     "drives-only": lambda: mock.patch.object(fused, "feedback_norm", _every_signal_written),

@@ -108,3 +108,21 @@ def test_the_drives_only_switch_writes_every_signal_only_inside(monkeypatch):
     with SWITCHES["drives-only"]():
         assert _feedback_maps_written(model, monkeypatch) == 4
     assert _feedback_maps_written(model, monkeypatch) == 2
+
+
+def _one_channel_gradients():
+    torch.manual_seed(3)
+    g = torch.randn(2, 4, 7, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(4, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    out = layers._ConvTransposeToOneChannel.apply(g, w, 1)
+    return torch.autograd.grad(out, (g, w), torch.randn_like(out))
+
+
+def test_the_one_channel_backward_switch_swaps_the_backward_only_inside():
+    original = layers._ConvTransposeToOneChannel.backward
+    with SWITCHES["one-channel-backward"]():
+        assert layers._ConvTransposeToOneChannel.backward is not original
+        matmul_gradients = _one_channel_gradients()
+    assert layers._ConvTransposeToOneChannel.backward is original
+    for a, b in zip(_one_channel_gradients(), matmul_gradients):  # both backward forms agree
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -62,10 +62,13 @@ class Conv2d(FeedbackLayer):
 
 class _ConvTransposeToOneChannel(torch.autograd.Function):
     """F.conv_transpose2d(g, w, padding=p) for w (C, 1, k, k), stride 1, as one matmul
-    (B*H*W, C) x (C, k*k) and k*k shifted adds; the backward is the same matmuls on the unfolded
-    gradient. Same values as F.conv_transpose2d up to the order of the sums. On CPU oneDNN's
-    kernel for a single output channel ran at ~10 GFLOP/s: this form was 3x faster forward and
-    1.4x forward + backward on paper_mnist's feedback to the pixels (benchmarks/README.md)."""
+    (B*H*W, C) x (C, k*k) and k*k shifted adds. Same values as F.conv_transpose2d up to the
+    order of the sums. On CPU oneDNN's kernel for a single output channel ran at ~10 GFLOP/s:
+    this form was 3x faster forward (benchmarks/README.md). The backward is oneDNN's convolution
+    from one channel, which is fast on maps with NHWC strides (`channels_last`): the input
+    gradient is F.conv2d of the output gradient (the adjoint), the weight gradient conv2d's,
+    with input and output swapped: half the time of matmuls on the unfolded gradient
+    (benchmarks/README.md)."""
 
     @staticmethod
     def forward(ctx, g: Tensor, weight: Tensor, padding: int) -> Tensor:
@@ -87,17 +90,9 @@ class _ConvTransposeToOneChannel(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         g, weight = ctx.saved_tensors
-        batch, channels, height, width = g.shape
-        k, p = weight.shape[-1], ctx.padding
-        d_full = F.pad(d_out[:, 0], (p, p, p, p))
-        # windows[b, i, j] = d_full[b, i : i + height, j : j + width]: the gradient of each tap
-        windows = d_full.unfold(1, height, 1).unfold(2, width, 1)
-        d_taps = windows.permute(0, 3, 4, 1, 2).reshape(-1, k * k)
-        d_g = d_w = None
-        if ctx.needs_input_grad[0]:
-            d_g = (d_taps @ weight.reshape(channels, k * k).t()).view(batch, height, width, channels).permute(0, 3, 1, 2)
-        if ctx.needs_input_grad[1]:
-            d_w = (channels_last(g).permute(0, 2, 3, 1).reshape(-1, channels).t() @ d_taps).view_as(weight)
+        d_out, p = channels_last(d_out), ctx.padding
+        d_g = channels_last(F.conv2d(d_out, weight, padding=p)) if ctx.needs_input_grad[0] else None
+        d_w = torch.nn.grad.conv2d_weight(d_out, weight.shape, g, padding=p) if ctx.needs_input_grad[1] else None
         return d_g, d_w, None
 
 
