@@ -490,7 +490,6 @@ std::vector<at::Tensor> feedback_norm_forward(const at::Tensor& g, const at::Ten
   }
   at::Tensor unpooled = pooled && keep_unpooled ? at::empty_like(out, kChannelsLast) : at::empty({0}, options);
   at::Tensor masked_out = masked && keep_masked ? at::empty_like(out, kChannelsLast) : at::empty({0}, options);
-  const bool scratch_u = pooled && !keep_unpooled, scratch_m = masked && !keep_masked;
   at::Tensor r = at::empty({batch, channels}, options);
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "feedback_norm_forward", [&] {
     using T = scalar_t;
@@ -500,15 +499,15 @@ std::vector<at::Tensor> feedback_norm_forward(const at::Tensor& g, const at::Ten
       const T* gp = g.const_data_ptr<T>();
       const int64_t* ip = P ? index.const_data_ptr<int64_t>() : nullptr;
       const T* mp = M ? mask.const_data_ptr<T>() : nullptr;
-      T* up = P && keep_unpooled ? unpooled.mutable_data_ptr<T>() : nullptr;
+      T* up = P && keep_unpooled ? unpooled.mutable_data_ptr<T>() : nullptr;  // nullptr: not kept
       T* mo = M && keep_masked ? masked_out.mutable_data_ptr<T>() : nullptr;
       T* op = out.mutable_data_ptr<T>();
       T* rp = r.mutable_data_ptr<T>();
       at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-        std::vector<T> sum(channels), u_plane(scratch_u ? plane : 0), m_plane(scratch_m ? plane : 0);
+        std::vector<T> sum(channels), u_plane(P && !up ? plane : 0), m_plane(M && !mo ? plane : 0);
         for (int64_t n = begin; n < end; ++n) {
-          T* u = P ? (scratch_u ? u_plane.data() : up + n * plane) : nullptr;
-          T* m = M ? (scratch_m ? m_plane.data() : mo + n * plane) : nullptr;
+          T* u = P ? (up ? up + n * plane : u_plane.data()) : nullptr;
+          T* m = M ? (mo ? mo + n * plane : m_plane.data()) : nullptr;
           feedback_norm_sample<T, P, M>(gp + n * in_plane, P ? ip + n * in_plane : nullptr, M ? mp + n * plane : nullptr,
                                         height, width, pooled ? size : 1, channels, eps, u, m, op + n * plane,
                                         rp + n * channels, sum.data());
