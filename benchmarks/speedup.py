@@ -24,6 +24,8 @@ Switches, and what runs when one is off:
     reconstruction-loss  the fused reconstruction loss (one sweep over all g_t and the target)
                        off: F.mse_loss per step on (B, H, W, C) views, summed by autograd
                        (training only)
+    fixed-channels     the kernels' channel count as a compile-time constant (16, 32, 64) off:
+                       every count at run time
 
 Writes benchmarks/results/speedup-<switch>-<date>-<time>.{json,md} and prints the table.
 """
@@ -91,6 +93,7 @@ SWITCHES = {
                                                lambda t: t.contiguous(memory_format=torch.channels_last)),
     "drives-only": lambda: mock.patch.object(fused, "feedback_norm", _every_signal_written),
     "reconstruction-loss": lambda: mock.patch.object(fused, "accepts_squared_errors", lambda *args: False),
+    "fixed-channels": fused.runtime_channel_counts,
 }
 """Name: a context manager under which the optimisation is off."""
 

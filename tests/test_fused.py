@@ -37,20 +37,30 @@ def test_norm_bias_relu_gradient(relu, with_bias):
     assert torch.autograd.gradcheck(run, (f, bias) if with_bias else (f,))
 
 
+# 5 and 8 channels run the kernels' loops with a runtime count; 16, 32 and 64 their
+# compile-time instances (`with_channels` in csrc/fused.cpp)
+CHANNELS = [5, 16, 32, 64]
+
+
+@pytest.mark.parametrize("channels", [8, 16, 32, 64])
 @pytest.mark.parametrize("driven", [False, True])
-def test_norm_bias_relu_equals_the_layers(driven, monkeypatch):
+def test_norm_bias_relu_equals_the_layers(driven, channels, monkeypatch):
     torch.manual_seed(1)
-    norm, bias, relu = layers.InstanceNorm(), layers.Bias(8, spatial=True).double(), layers.AdaReLU()
+    norm, bias, relu = layers.InstanceNorm(), layers.Bias(channels, spatial=True).double(), layers.AdaReLU()
     torch.nn.init.normal_(bias.bias)
-    f = _map(3, 8, 6, 6)
-    drive = _map(3, 8, 6, 6, zeros=0.2) if driven else None
+    f = _map(3, channels, 6, 6).requires_grad_()
+    drive = _map(3, channels, 6, 6, zeros=0.2) if driven else None
     if driven:
         drive[0, 0, 0, :3] = torch.tensor([0.0, -0.0, -1.0])
+    weights = _map(3, channels, 6, 6)
     out, (_, _, mask) = fused.run_norm_segment([norm, bias, relu], f, (None, None, drive))
+    grads = torch.autograd.grad((out * weights).sum(), [f, bias.bias])
     _torch_layers(monkeypatch)
     expected, expected_mask = relu(bias(norm(f)[0])[0], drive)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), [f, bias.bias])
     assert torch.allclose(out, expected, rtol=1e-12, atol=1e-14)
     assert torch.equal(mask, expected_mask)
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(grads, expected_grads))
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -60,20 +70,20 @@ _POOLED_RUNS = {  # [norm, bias, relu?, pool]: (relu, ReLU driven, pool driven)
 }
 
 
-def _pooled_run(variant: str):
-    """Layers [norm, bias, relu?, pool] on 6x8 maps of 5 channels, their input and drives."""
+def _pooled_run(variant: str, channels: int = 5):
+    """Layers [norm, bias, relu?, pool] on 6x8 maps, their input and drives."""
     relu, relu_driven, pool_driven = _POOLED_RUNS[variant]
-    run = [layers.InstanceNorm(), layers.Bias(5, spatial=True).double()]
+    run = [layers.InstanceNorm(), layers.Bias(channels, spatial=True).double()]
     torch.nn.init.normal_(run[1].bias)
     run += [layers.AdaReLU()] if relu else []
     run.append(layers.AdaPool(2, (6, 8)))
     drives = [None] * len(run)
     if relu_driven:
-        drives[2] = _map(2, 5, 6, 8, zeros=0.3)
+        drives[2] = _map(2, channels, 6, 8, zeros=0.3)
     if pool_driven:
-        drives[-1] = _map(2, 5, 3, 4, zeros=0.3)
+        drives[-1] = _map(2, channels, 3, 4, zeros=0.3)
         drives[-1][0, 0, 0, :2] = torch.tensor([0.0, -0.0])  # signed zeros pick max
-    return run, _map(2, 5, 6, 8, zeros=0.1), drives
+    return run, _map(2, channels, 6, 8, zeros=0.1), drives
 
 
 @pytest.mark.parametrize("variant", _POOLED_RUNS)
@@ -88,12 +98,13 @@ def test_norm_bias_relu_pool_gradient(variant):
         (f, bias))
 
 
+@pytest.mark.parametrize("channels", CHANNELS)
 @pytest.mark.parametrize("variant", _POOLED_RUNS)
-def test_norm_bias_relu_pool_equals_the_layers(variant, monkeypatch):
+def test_norm_bias_relu_pool_equals_the_layers(variant, channels, monkeypatch):
     torch.manual_seed(6)
-    run, f, drives = _pooled_run(variant)
+    run, f, drives = _pooled_run(variant, channels)
     f.requires_grad_()
-    weights = _map(2, 5, 3, 4)
+    weights = _map(2, channels, 3, 4)
     out, latents = fused.run_norm_segment(run, f, drives)
     fused_grads = torch.autograd.grad((out * weights).sum(), [f, run[1].bias])
     _torch_layers(monkeypatch)
@@ -108,12 +119,13 @@ def test_norm_bias_relu_pool_equals_the_layers(variant, monkeypatch):
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("channels", [4, 16])
 @pytest.mark.parametrize("driven", [False, True])
-def test_adaptive_pool_equals_the_layer_on_ties_and_signed_zeros(driven, monkeypatch):
+def test_adaptive_pool_equals_the_layer_on_ties_and_signed_zeros(driven, channels, monkeypatch):
     torch.manual_seed(2)
     pool = layers.AdaPool(2, (8, 8))
-    f = _map(2, 4, 8, 8, zeros=0.5)  # windows with several equal zeros: the first must win
-    drive = _map(2, 4, 4, 4, zeros=0.3) if driven else None
+    f = _map(2, channels, 8, 8, zeros=0.5)  # windows with several equal zeros: the first must win
+    drive = _map(2, channels, 4, 4, zeros=0.3) if driven else None
     if driven:
         drive[0, 0, 0, :2] = torch.tensor([-0.0, 0.0])  # both take the max
     x = f.clone().requires_grad_()
@@ -127,13 +139,14 @@ def test_adaptive_pool_equals_the_layer_on_ties_and_signed_zeros(driven, monkeyp
     assert torch.equal(x.grad, y.grad)
 
 
-def test_unpool_equals_the_layer_feedback_and_its_gradient(monkeypatch):
+@pytest.mark.parametrize("channels", [5, 16])
+def test_unpool_equals_the_layer_feedback_and_its_gradient(channels, monkeypatch):
     torch.manual_seed(3)
     pool = layers.AdaPool(2, (6, 8))
-    _, index = pool(_map(2, 5, 6, 8, zeros=0.3), _map(2, 5, 3, 4))
-    g = _map(2, 5, 3, 4).requires_grad_()
+    _, index = pool(_map(2, channels, 6, 8, zeros=0.3), _map(2, channels, 3, 4))
+    g = _map(2, channels, 3, 4).requires_grad_()
     assert torch.autograd.gradcheck(lambda t: fused.unpool(t, index, 2), (g,))
-    weights = torch.randn(2, 5, 6, 8, dtype=torch.float64)
+    weights = torch.randn(2, channels, 6, 8, dtype=torch.float64)
     full = pool.feedback(g, index)
     (d_g,) = torch.autograd.grad((full * weights).sum(), g)
     _torch_layers(monkeypatch)
@@ -161,13 +174,13 @@ def test_a_kernel_called_wrongly_names_the_problem():
 _FEEDBACK_RUNS = {"relu+pool": (True, True), "pool": (False, True), "relu": (True, False)}
 
 
-def _feedback_run(relu: bool, pool: bool):
-    """Layers [norm, bias, relu?, pool?] on 6x8 maps of 5 channels, with the latents of a driven
-    forward pass, and g at the run's output."""
-    run = [layers.InstanceNorm(), layers.Bias(5, spatial=True).double()]
+def _feedback_run(relu: bool, pool: bool, channels: int = 5):
+    """Layers [norm, bias, relu?, pool?] on 6x8 maps, with the latents of a driven forward
+    pass, and g at the run's output."""
+    run = [layers.InstanceNorm(), layers.Bias(channels, spatial=True).double()]
     run += [layers.AdaReLU()] if relu else []
     run += [layers.AdaPool(2, (6, 8))] if pool else []
-    h, latents = _map(2, 5, 6, 8, zeros=0.2), []
+    h, latents = _map(2, channels, 6, 8, zeros=0.2), []
     for layer in run:
         h, latent = layer(h, _map(*h.shape[:2], 3, 4) if isinstance(layer, layers.AdaPool) else _map(*h.shape))
         latents.append(latent)
@@ -186,14 +199,15 @@ def test_feedback_norm_gradient(variant):
     assert torch.autograd.gradcheck(every_output, (g.requires_grad_(),))
 
 
+@pytest.mark.parametrize("channels", CHANNELS)
 @pytest.mark.parametrize("drives_only", [False, True], ids=["all-signals", "drives-only"])
 @pytest.mark.parametrize("variant", _FEEDBACK_RUNS)
-def test_feedback_segment_equals_the_layers(variant, drives_only, monkeypatch):
+def test_feedback_segment_equals_the_layers(variant, drives_only, channels, monkeypatch):
     """Signals, features and the gradient through all of them (eta and the norm loss use the
     signals) equal the layers' feedback one by one; with drives_only, the signals at the
     adaptive layers only, the others None."""
     torch.manual_seed(4)
-    run, latents, g = _feedback_run(*_FEEDBACK_RUNS[variant])
+    run, latents, g = _feedback_run(*_FEEDBACK_RUNS[variant], channels)
     assert fused.accepts_feedback(run, g, latents)
     g.requires_grad_()
     signals, features = fused.run_feedback_segment(run, g, latents, drives_only)
@@ -254,3 +268,23 @@ def test_mean_squared_errors_take_only_maps_laid_out_like_the_target():
     assert not fused.accepts_squared_errors([_map(2, 3, 5, 4)], _map(2, 3, 4, 5))
     with pytest.raises(RuntimeError, match="target's shape, strides and dtype"):
         fused.mean_squared_errors([_map(2, 3, 4, 5).contiguous()], target)
+
+
+def test_compile_time_channel_counts_change_no_float32_value():
+    """The kernels' instances for 16, 32 and 64 channels give float32 models (the dtype they
+    run in) exactly the values of the runtime-count loops: logits and gradients."""
+    import cnnf
+
+    torch.set_default_dtype(torch.float32)
+    torch.manual_seed(0)
+    model = cnnf.create_model("conv4_mnist", iterations=2)
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+
+    def logits_and_gradients():
+        logits = model(x)
+        return [logits, *torch.autograd.grad(logits.square().sum(), list(model.parameters()))]
+
+    fixed = logits_and_gradients()
+    with fused.runtime_channel_counts():
+        runtime = logits_and_gradients()
+    assert all(torch.equal(a, b) for a, b in zip(fixed, runtime))

@@ -126,3 +126,13 @@ def test_the_one_channel_backward_switch_swaps_the_backward_only_inside():
     assert layers._ConvTransposeToOneChannel.backward is original
     for a, b in zip(_one_channel_gradients(), matmul_gradients):  # both backward forms agree
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_the_fixed_channels_switch_takes_runtime_counts_only_inside():
+    if not fused.available():
+        pytest.skip("fused kernels not built")
+    extension = fused._extension()
+    assert extension.uses_fixed_channels()
+    with SWITCHES["fixed-channels"]():
+        assert not extension.uses_fixed_channels()
+    assert extension.uses_fixed_channels()

@@ -15,6 +15,7 @@ Kernels take channels-last float32 / float64 maps (the layout the model keeps).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -66,6 +67,19 @@ def build() -> None:
     _extension.cache_clear()
     if _extension() is None:
         raise RuntimeError("building the fused kernels failed; see the warning above (gcc and ninja are needed)")
+
+
+@contextlib.contextmanager
+def runtime_channel_counts():
+    """Within this context the kernels take every channel count at run time, instead of as the
+    compile-time constant they use for 16, 32 and 64 channels: the same values, slower (for the
+    tests that compare both and `benchmarks/speedup.py --switch fixed-channels`)."""
+    extension = _extension()
+    extension.set_fixed_channels(False)
+    try:
+        yield
+    finally:
+        extension.set_fixed_channels(True)
 
 
 def accepts(*maps: Tensor | None) -> bool:

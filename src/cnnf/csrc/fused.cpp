@@ -37,10 +37,31 @@ void check_map(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_contiguous(kChannelsLast), name, " must be channels-last contiguous");
 }
 
+// Calls kernel(channels) with the channel count as a compile-time constant
+// (std::integral_constant) for the counts of the registered networks, else as an int64_t.
+// The kernels' inner loops run over the channels of one NHWC pixel; with a fixed trip count
+// they compile to whole vectors without loop set-up, which made the fused kernels 15-27 %
+// faster at 32 and 64 channels (benchmarks/README.md).
+// `fixed_channels` false (set_fixed_channels) always passes the runtime count, for
+// benchmarks/speedup.py's A/B and the test that compares both.
+bool fixed_channels = true;
+
+template <typename Kernel>
+void with_channels(int64_t channels, Kernel&& kernel) {
+  if (fixed_channels) {
+    switch (channels) {
+      case 16: return kernel(std::integral_constant<int64_t, 16>{});
+      case 32: return kernel(std::integral_constant<int64_t, 32>{});
+      case 64: return kernel(std::integral_constant<int64_t, 64>{});
+    }
+  }
+  kernel(channels);
+}
+
 // One sample: `pixels` rows of `channels` values (NHWC). Sets r[c] = (mean f^2 + eps)^(-1/2);
 // sums accumulate in T, as torch's own reductions do.
-template <typename T>
-void rms_scale(const T* __restrict__ f, int64_t pixels, int64_t channels, double eps, T* __restrict__ r,
+template <typename T, typename Channels>
+void rms_scale(const T* __restrict__ f, int64_t pixels, Channels channels, double eps, T* __restrict__ r,
                T* __restrict__ sum) {
   std::fill(sum, sum + channels, T(0));
   for (int64_t p = 0; p < pixels; ++p) {
@@ -54,9 +75,9 @@ void rms_scale(const T* __restrict__ f, int64_t pixels, int64_t channels, double
 // has no branches and vectorises.
 enum class Relu { none, plain, driven };
 
-template <typename T, Relu relu>
+template <typename T, Relu relu, typename Channels>
 void norm_bias_relu_sample(const T* __restrict__ f, const T* __restrict__ bias, const T* __restrict__ drive,
-                           int64_t pixels, int64_t channels, double eps, T* __restrict__ r,
+                           int64_t pixels, Channels channels, double eps, T* __restrict__ r,
                            T* __restrict__ out, T* __restrict__ mask, T* __restrict__ scratch) {
   rms_scale(f, pixels, channels, eps, r, scratch);
   for (int64_t p = 0; p < pixels; ++p) {
@@ -105,16 +126,18 @@ std::vector<at::Tensor> norm_bias_relu_forward(const at::Tensor& f, const at::Te
     scalar_t* mp = relu ? mask.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* rp = r.mutable_data_ptr<scalar_t>();
     const int64_t plane = pixels * channels;
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> scratch(channels);
-      for (int64_t n = begin; n < end; ++n) {
-        const int64_t o = n * plane;
-        const auto run = variant == Relu::none    ? norm_bias_relu_sample<scalar_t, Relu::none>
-                         : variant == Relu::plain ? norm_bias_relu_sample<scalar_t, Relu::plain>
-                                                  : norm_bias_relu_sample<scalar_t, Relu::driven>;
-        run(fp + o, bp, gp ? gp + o : nullptr, pixels, channels, eps, rp + n * channels, op + o,
-            mp ? mp + o : nullptr, scratch.data());
-      }
+    with_channels(channels, [&](auto channels) {
+      at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> scratch(channels);
+        for (int64_t n = begin; n < end; ++n) {
+          const int64_t o = n * plane;
+          const auto run = variant == Relu::none    ? norm_bias_relu_sample<scalar_t, Relu::none, decltype(channels)>
+                           : variant == Relu::plain ? norm_bias_relu_sample<scalar_t, Relu::plain, decltype(channels)>
+                                                    : norm_bias_relu_sample<scalar_t, Relu::driven, decltype(channels)>;
+          run(fp + o, bp, gp ? gp + o : nullptr, pixels, channels, eps, rp + n * channels, op + o,
+              mp ? mp + o : nullptr, scratch.data());
+        }
+      });
     });
   });
   return {out, mask, r};
@@ -123,9 +146,9 @@ std::vector<at::Tensor> norm_bias_relu_forward(const at::Tensor& f, const at::Te
 namespace {
 
 // One sample of norm_bias_relu_backward; `masked` is false without a ReLU.
-template <typename T, bool masked>
+template <typename T, bool masked, typename Channels>
 void norm_bias_relu_backward_sample(const T* __restrict__ d_out, const T* __restrict__ f, const T* __restrict__ r,
-                                    const T* __restrict__ mask, int64_t pixels, int64_t channels,
+                                    const T* __restrict__ mask, int64_t pixels, Channels channels,
                                     T* __restrict__ d_f, T* __restrict__ d_b, T* __restrict__ dot) {
   std::fill(d_b, d_b + channels, T(0));
   std::fill(dot, dot + channels, T(0));
@@ -169,14 +192,16 @@ std::vector<at::Tensor> norm_bias_relu_backward(const at::Tensor& d_out, const a
     scalar_t* dfp = d_f.mutable_data_ptr<scalar_t>();
     scalar_t* dbp = d_b.mutable_data_ptr<scalar_t>();
     const int64_t plane = pixels * channels;
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> dot(channels);
-      for (int64_t n = begin; n < end; ++n) {
-        const int64_t o = n * plane, k = n * channels;
-        const auto run = mp ? norm_bias_relu_backward_sample<scalar_t, true>
-                            : norm_bias_relu_backward_sample<scalar_t, false>;
-        run(gp + o, fp + o, rp + k, mp ? mp + o : nullptr, pixels, channels, dfp + o, dbp + k, dot.data());
-      }
+    with_channels(channels, [&](auto channels) {
+      at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> dot(channels);
+        for (int64_t n = begin; n < end; ++n) {
+          const int64_t o = n * plane, k = n * channels;
+          const auto run = mp ? norm_bias_relu_backward_sample<scalar_t, true, decltype(channels)>
+                              : norm_bias_relu_backward_sample<scalar_t, false, decltype(channels)>;
+          run(gp + o, fp + o, rp + k, mp ? mp + o : nullptr, pixels, channels, dfp + o, dbp + k, dot.data());
+        }
+      });
     });
   });
   return {d_f, d_b};
@@ -185,16 +210,16 @@ std::vector<at::Tensor> norm_bias_relu_backward(const at::Tensor& d_out, const a
 namespace {
 
 // s = +1 where g >= 0 (-0.0 included), else -1.
-template <typename T>
-void signs_of(const T* __restrict__ g, int64_t channels, T* __restrict__ sign) {
+template <typename T, typename Channels>
+void signs_of(const T* __restrict__ g, Channels channels, T* __restrict__ sign) {
   for (int64_t c = 0; c < channels; ++c) sign[c] = g[c] < T(0) ? T(-1) : T(1);
 }
 
 // One size x size window at (h0, w0) of a sample's NHWC plane `f` of row length `width`: per
 // channel the pixel with the largest s * f (the first in scan order on ties; NaN wins, as in
 // F.max_pool2d); writes f there (= s * max(s * f)) and its flat index h * width + w.
-template <typename T>
-void pool_window(const T* __restrict__ f, int64_t width, int64_t h0, int64_t w0, int64_t size, int64_t channels,
+template <typename T, typename Channels>
+void pool_window(const T* __restrict__ f, int64_t width, int64_t h0, int64_t w0, int64_t size, Channels channels,
                  const T* __restrict__ sign, T* __restrict__ pooled, int64_t* __restrict__ index) {
   const T* first = f + (h0 * width + w0) * channels;
   for (int64_t c = 0; c < channels; ++c) {
@@ -245,9 +270,9 @@ void check_unpool(const at::Tensor& pooled, const at::Tensor& index, int64_t siz
 
 // One window of unpool_forward (`gather` false): full[pixel] = g where index == pixel, else 0;
 // or of unpool_backward (`gather` true): g = full[index]. `full` is the sample's NHWC plane.
-template <typename T, bool gather>
+template <typename T, bool gather, typename Channels>
 void unpool_window(T* __restrict__ g, const int64_t* __restrict__ index, T* __restrict__ full, int64_t width,
-                   int64_t h0, int64_t w0, int64_t size, int64_t channels) {
+                   int64_t h0, int64_t w0, int64_t size, Channels channels) {
   for (int64_t i = 0; i < size; ++i) {
     for (int64_t j = 0; j < size; ++j) {
       const int64_t at = (h0 + i) * width + w0 + j;
@@ -274,15 +299,17 @@ void unpool_between(const at::Tensor& pooled, const at::Tensor& full, const at::
     scalar_t* pp = pooled.data_ptr<scalar_t>();
     scalar_t* fp = full.data_ptr<scalar_t>();
     const int64_t* ip = index.const_data_ptr<int64_t>();
-    at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t n = row / out_h, oh = row % out_h;
-        for (int64_t ow = 0; ow < out_w; ++ow) {
-          const int64_t o = ((n * out_h + oh) * out_w + ow) * channels;
-          unpool_window<scalar_t, gather>(pp + o, ip + o, fp + n * plane, width, oh * size, ow * size, size,
-                                          channels);
+    with_channels(channels, [&](auto channels) {
+      at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t n = row / out_h, oh = row % out_h;
+          for (int64_t ow = 0; ow < out_w; ++ow) {
+            const int64_t o = ((n * out_h + oh) * out_w + ow) * channels;
+            unpool_window<scalar_t, gather>(pp + o, ip + o, fp + n * plane, width, oh * size, ow * size, size,
+                                            channels);
+          }
         }
-      }
+      });
     });
   });
 }
@@ -305,17 +332,19 @@ std::vector<at::Tensor> adaptive_pool_forward(const at::Tensor& f, const at::Ten
     const scalar_t* gp = has_drive ? drive.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* pp = pooled.mutable_data_ptr<scalar_t>();
     int64_t* ip = index.mutable_data_ptr<int64_t>();
-    at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> sign(channels, scalar_t(1));
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t n = row / out_h, oh = row % out_h;
-        for (int64_t ow = 0; ow < out_w; ++ow) {
-          const int64_t o = ((n * out_h + oh) * out_w + ow) * channels;
-          if (gp) signs_of(gp + o, channels, sign.data());
-          pool_window(fp + (n * height * width) * channels, width, oh * size, ow * size, size, channels,
-                      sign.data(), pp + o, ip + o);
+    with_channels(channels, [&](auto channels) {
+      at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> sign(channels, scalar_t(1));
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t n = row / out_h, oh = row % out_h;
+          for (int64_t ow = 0; ow < out_w; ++ow) {
+            const int64_t o = ((n * out_h + oh) * out_w + ow) * channels;
+            if (gp) signs_of(gp + o, channels, sign.data());
+            pool_window(fp + (n * height * width) * channels, width, oh * size, ow * size, size, channels,
+                        sign.data(), pp + o, ip + o);
+          }
         }
-      }
+      });
     });
   });
   return {pooled, index};
@@ -347,8 +376,8 @@ namespace {
 // Visits a (height x width) NHWC plane window by window (size x size; size 1 = pixel by
 // pixel): visit(offset of the window in the pooled plane, flat pixel h * width + w, offset of
 // the pixel in the plane). Window-major order keeps a window's pooled row in registers.
-template <typename Visit>
-void for_each_window_pixel(int64_t height, int64_t width, int64_t size, int64_t channels, Visit&& visit) {
+template <typename Channels, typename Visit>
+void for_each_window_pixel(int64_t height, int64_t width, int64_t size, Channels channels, Visit&& visit) {
   const int64_t pooled_height = height / size, pooled_width = width / size;
   for (int64_t oh = 0; oh < pooled_height; ++oh) {
     for (int64_t ow = 0; ow < pooled_width; ++ow) {
@@ -366,9 +395,9 @@ void for_each_window_pixel(int64_t height, int64_t width, int64_t size, int64_t 
 // One pixel of feedback_norm_sample's first pass (its own function, so that the pointers are
 // __restrict__ and the channel loop vectorises without aliasing checks): u = g where index
 // chose this pixel, else 0; m = mask * u; sum += m^2.
-template <typename T, bool pooled, bool masked>
+template <typename T, bool pooled, bool masked, typename Channels>
 inline void feedback_norm_pixel(const T* __restrict__ g, const int64_t* __restrict__ index, const T* __restrict__ mask,
-                                int64_t at, int64_t channels, T* __restrict__ unpooled, T* __restrict__ masked_out,
+                                int64_t at, Channels channels, T* __restrict__ unpooled, T* __restrict__ masked_out,
                                 T* __restrict__ sum) {
   for (int64_t c = 0; c < channels; ++c) {
     T v = g[c];
@@ -386,12 +415,12 @@ inline void feedback_norm_pixel(const T* __restrict__ g, const int64_t* __restri
 
 // One pixel of feedback_norm_backward_sample's second pass: the gradient wrt the norm's input,
 // plus the outputs' own gradients, through the mask, to g (at the chosen pixel if pooled).
-template <typename T, bool pooled, bool masked>
+template <typename T, bool pooled, bool masked, typename Channels>
 inline void feedback_norm_backward_pixel(const T* __restrict__ d_out, const T* __restrict__ out,
                                          const T* __restrict__ r, const T* __restrict__ dot,
                                          const int64_t* __restrict__ index, const T* __restrict__ mask,
                                          const T* __restrict__ d_normed, const T* __restrict__ d_unpooled, int64_t at,
-                                         int64_t channels, T* __restrict__ d_g) {
+                                         Channels channels, T* __restrict__ d_g) {
   for (int64_t c = 0; c < channels; ++c) {
     T d = r[c] * (d_out[c] - out[c] * dot[c]);
     if (d_normed) d += d_normed[c];
@@ -412,9 +441,9 @@ inline void feedback_norm_backward_pixel(const T* __restrict__ d_out, const T* _
 // multiplied by the ReLU mask (m). Pass 1 writes u and m (to the outputs, or to one plane of
 // per-thread scratch where the caller does not keep them) and sums m^2; pass 2 scales m, which
 // is still in cache, by r = (mean m^2 + eps)^(-1/2). Without pooling u is g itself.
-template <typename T, bool pooled, bool masked>
+template <typename T, bool pooled, bool masked, typename Channels>
 void feedback_norm_sample(const T* __restrict__ g, const int64_t* __restrict__ index, const T* __restrict__ mask,
-                          int64_t height, int64_t width, int64_t size, int64_t channels, double eps,
+                          int64_t height, int64_t width, int64_t size, Channels channels, double eps,
                           T* __restrict__ unpooled, T* __restrict__ masked_out, T* __restrict__ out,
                           T* __restrict__ r, T* __restrict__ sum) {
   std::fill(sum, sum + channels, T(0));
@@ -434,11 +463,11 @@ void feedback_norm_sample(const T* __restrict__ g, const int64_t* __restrict__ i
 // One sample of feedback_norm_backward. `out` is the forward's output (the norm's, m r or
 // u r); d_normed and d_unpooled are the gradients of the forward's m / u outputs (nullptr
 // where unused). d_g is written at the chosen pixels (pooled) or everywhere.
-template <typename T, bool pooled, bool masked>
+template <typename T, bool pooled, bool masked, typename Channels>
 void feedback_norm_backward_sample(const T* __restrict__ d_out, const T* __restrict__ out, const T* __restrict__ r,
                                    const int64_t* __restrict__ index, const T* __restrict__ mask,
                                    const T* __restrict__ d_normed, const T* __restrict__ d_unpooled, int64_t height,
-                                   int64_t width, int64_t size, int64_t channels, T* __restrict__ d_g,
+                                   int64_t width, int64_t size, Channels channels, T* __restrict__ d_g,
                                    T* __restrict__ dot) {
   const int64_t pixels = height * width;
   std::fill(dot, dot + channels, T(0));
@@ -503,15 +532,17 @@ std::vector<at::Tensor> feedback_norm_forward(const at::Tensor& g, const at::Ten
       T* mo = M && keep_masked ? masked_out.mutable_data_ptr<T>() : nullptr;
       T* op = out.mutable_data_ptr<T>();
       T* rp = r.mutable_data_ptr<T>();
-      at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-        std::vector<T> sum(channels), u_plane(P && !up ? plane : 0), m_plane(M && !mo ? plane : 0);
-        for (int64_t n = begin; n < end; ++n) {
-          T* u = P ? (up ? up + n * plane : u_plane.data()) : nullptr;
-          T* m = M ? (mo ? mo + n * plane : m_plane.data()) : nullptr;
-          feedback_norm_sample<T, P, M>(gp + n * in_plane, P ? ip + n * in_plane : nullptr, M ? mp + n * plane : nullptr,
-                                        height, width, pooled ? size : 1, channels, eps, u, m, op + n * plane,
-                                        rp + n * channels, sum.data());
-        }
+      with_channels(channels, [&](auto channels) {
+        at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+          std::vector<T> sum(channels), u_plane(P && !up ? plane : 0), m_plane(M && !mo ? plane : 0);
+          for (int64_t n = begin; n < end; ++n) {
+            T* u = P ? (up ? up + n * plane : u_plane.data()) : nullptr;
+            T* m = M ? (mo ? mo + n * plane : m_plane.data()) : nullptr;
+            feedback_norm_sample<T, P, M>(gp + n * in_plane, P ? ip + n * in_plane : nullptr, M ? mp + n * plane : nullptr,
+                                          height, width, pooled ? size : 1, channels, eps, u, m, op + n * plane,
+                                          rp + n * channels, sum.data());
+          }
+        });
       });
     });
   });
@@ -540,16 +571,18 @@ at::Tensor feedback_norm_backward(const at::Tensor& d_out, const at::Tensor& out
     const T* du = or_null<T>(grad_unpooled);
     with_flags(pooled, masked, [&](auto pooled_flag, auto masked_flag) {
       constexpr bool P = decltype(pooled_flag)::value, M = decltype(masked_flag)::value;
-      at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-        std::vector<T> dot(channels);
-        for (int64_t n = begin; n < end; ++n) {
-          feedback_norm_backward_sample<T, P, M>(
-              grad.const_data_ptr<T>() + n * plane, out.const_data_ptr<T>() + n * plane,
-              r.const_data_ptr<T>() + n * channels, P ? index.const_data_ptr<int64_t>() + n * g_plane : nullptr,
-              M ? mask.const_data_ptr<T>() + n * plane : nullptr, dn ? dn + n * plane : nullptr,
-              du ? du + n * plane : nullptr, height, width, pooled ? size : 1, channels,
-              d_g.mutable_data_ptr<T>() + n * (P ? g_plane : plane), dot.data());
-        }
+      with_channels(channels, [&](auto channels) {
+        at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+          std::vector<T> dot(channels);
+          for (int64_t n = begin; n < end; ++n) {
+            feedback_norm_backward_sample<T, P, M>(
+                grad.const_data_ptr<T>() + n * plane, out.const_data_ptr<T>() + n * plane,
+                r.const_data_ptr<T>() + n * channels, P ? index.const_data_ptr<int64_t>() + n * g_plane : nullptr,
+                M ? mask.const_data_ptr<T>() + n * plane : nullptr, dn ? dn + n * plane : nullptr,
+                du ? du + n * plane : nullptr, height, width, pooled ? size : 1, channels,
+                d_g.mutable_data_ptr<T>() + n * (P ? g_plane : plane), dot.data());
+          }
+        });
       });
     });
   });
@@ -678,9 +711,9 @@ namespace {
 // __restrict__ and the channel loop vectorises): per channel y = f r + b, v = z y (AdaReLU,
 // or v = y without a ReLU) as norm_bias_relu_sample computes them, and the pool's running
 // choice of the largest sign * v as pool_window makes it (`first`: the window's first pixel).
-template <typename T, Relu relu, bool first>
+template <typename T, Relu relu, bool first, typename Channels>
 inline void norm_bias_relu_pool_pixel(const T* __restrict__ f, const T* __restrict__ bias, const T* __restrict__ drive,
-                                      const T* __restrict__ r, const T* __restrict__ sign, int64_t at, int64_t channels,
+                                      const T* __restrict__ r, const T* __restrict__ sign, int64_t at, Channels channels,
                                       T* __restrict__ mask, T* __restrict__ pooled, int64_t* __restrict__ index) {
   for (int64_t c = 0; c < channels; ++c) {
     const T y = f[c] * r[c] + bias[c];
@@ -707,10 +740,10 @@ inline void norm_bias_relu_pool_pixel(const T* __restrict__ f, const T* __restri
 
 // One sample of norm_bias_relu_pool_forward: r from the sample's map, then window by window
 // the pixels' y, z and the pooled choice; `drive` (the ReLU's) and `mask` are like f, or null.
-template <typename T, Relu relu>
+template <typename T, Relu relu, typename Channels>
 void norm_bias_relu_pool_sample(const T* __restrict__ f, const T* __restrict__ bias, const T* __restrict__ drive,
                                 const T* __restrict__ pool_drive, int64_t height, int64_t width, int64_t size,
-                                int64_t channels, double eps, T* __restrict__ r, T* __restrict__ mask,
+                                Channels channels, double eps, T* __restrict__ r, T* __restrict__ mask,
                                 T* __restrict__ pooled, int64_t* __restrict__ index, T* __restrict__ sign,
                                 T* __restrict__ scratch) {
   rms_scale(f, height * width, channels, eps, r, scratch);
@@ -722,8 +755,8 @@ void norm_bias_relu_pool_sample(const T* __restrict__ f, const T* __restrict__ b
       for (int64_t i = 0; i < size; ++i) {
         for (int64_t j = 0; j < size; ++j) {
           const int64_t at = (oh * size + i) * width + ow * size + j, o = at * channels;
-          const auto pixel = i == 0 && j == 0 ? norm_bias_relu_pool_pixel<T, relu, true>
-                                              : norm_bias_relu_pool_pixel<T, relu, false>;
+          const auto pixel = i == 0 && j == 0 ? norm_bias_relu_pool_pixel<T, relu, true, decltype(channels)>
+                                              : norm_bias_relu_pool_pixel<T, relu, false, decltype(channels)>;
           pixel(f + o, bias, drive ? drive + o : nullptr, r, sign, at, channels, mask ? mask + o : nullptr,
                 pooled + window, index + window);
         }
@@ -758,9 +791,6 @@ std::vector<at::Tensor> norm_bias_relu_pool_forward(const at::Tensor& f, const a
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "norm_bias_relu_pool_forward", [&] {
     using T = scalar_t;
     const int64_t plane = height * width * channels, pooled_plane = out_h * out_w * channels;
-    const auto run = variant == Relu::none    ? norm_bias_relu_pool_sample<T, Relu::none>
-                     : variant == Relu::plain ? norm_bias_relu_pool_sample<T, Relu::plain>
-                                              : norm_bias_relu_pool_sample<T, Relu::driven>;
     const T* fp = f.const_data_ptr<T>();
     const T* bp = b.const_data_ptr<T>();
     const T* dp = relu_driven ? relu_drive.const_data_ptr<T>() : nullptr;
@@ -769,13 +799,19 @@ std::vector<at::Tensor> norm_bias_relu_pool_forward(const at::Tensor& f, const a
     T* rp = r.mutable_data_ptr<T>();
     T* pp = pooled.mutable_data_ptr<T>();
     int64_t* ip = index.mutable_data_ptr<int64_t>();
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> scratch(channels), sign(channels, T(1));
-      for (int64_t n = begin; n < end; ++n) {
-        run(fp + n * plane, bp, dp ? dp + n * plane : nullptr, pdp ? pdp + n * pooled_plane : nullptr, height, width,
-            size, channels, eps, rp + n * channels, mp ? mp + n * plane : nullptr, pp + n * pooled_plane,
-            ip + n * pooled_plane, sign.data(), scratch.data());
-      }
+    with_channels(channels, [&](auto channels) {
+      using C = decltype(channels);
+      const auto run = variant == Relu::none    ? norm_bias_relu_pool_sample<T, Relu::none, C>
+                       : variant == Relu::plain ? norm_bias_relu_pool_sample<T, Relu::plain, C>
+                                                : norm_bias_relu_pool_sample<T, Relu::driven, C>;
+      at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+        std::vector<T> scratch(channels), sign(channels, T(1));
+        for (int64_t n = begin; n < end; ++n) {
+          run(fp + n * plane, bp, dp ? dp + n * plane : nullptr, pdp ? pdp + n * pooled_plane : nullptr, height, width,
+              size, channels, eps, rp + n * channels, mp ? mp + n * plane : nullptr, pp + n * pooled_plane,
+              ip + n * pooled_plane, sign.data(), scratch.data());
+        }
+      });
     });
   });
   return {pooled, index, mask, r};
@@ -785,9 +821,9 @@ namespace {
 
 // One pixel of norm_bias_relu_pool_backward_sample: dy = d_pooled where the pool chose this
 // pixel (else 0), times the ReLU mask.
-template <typename T, bool masked>
+template <typename T, bool masked, typename Channels>
 inline void pooled_gradient_pixel(const T* __restrict__ d_pooled, const int64_t* __restrict__ index,
-                                  const T* __restrict__ mask, int64_t at, int64_t channels, T* __restrict__ dy) {
+                                  const T* __restrict__ mask, int64_t at, Channels channels, T* __restrict__ dy) {
   for (int64_t c = 0; c < channels; ++c) {
     const T d = index[c] == at ? d_pooled[c] : T(0);
     dy[c] = masked ? d * mask[c] : d;
@@ -797,10 +833,10 @@ inline void pooled_gradient_pixel(const T* __restrict__ d_pooled, const int64_t*
 // One sample of norm_bias_relu_pool_backward: the pooled gradient spread to the chosen pixels
 // and masked (dy, into the sample-sized `scratch`, which stays in cache), then the norm's
 // backward on dy as norm_bias_relu_backward_sample computes it.
-template <typename T, bool masked>
+template <typename T, bool masked, typename Channels>
 void norm_bias_relu_pool_backward_sample(const T* __restrict__ d_pooled, const int64_t* __restrict__ index,
                                          const T* __restrict__ f, const T* __restrict__ r, const T* __restrict__ mask,
-                                         int64_t height, int64_t width, int64_t size, int64_t channels,
+                                         int64_t height, int64_t width, int64_t size, Channels channels,
                                          T* __restrict__ d_f, T* __restrict__ d_b, T* __restrict__ dot,
                                          T* __restrict__ scratch) {
   for_each_window_pixel(height, width, size, channels, [&](int64_t window, int64_t at, int64_t o) {
@@ -829,23 +865,30 @@ std::vector<at::Tensor> norm_bias_relu_pool_backward(const at::Tensor& d_pooled,
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "norm_bias_relu_pool_backward", [&] {
     using T = scalar_t;
     const int64_t plane = height * width * channels, pooled_plane = index.size(2) * index.size(3) * channels;
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> dot(channels), scratch(plane);
-      for (int64_t n = begin; n < end; ++n) {
-        const auto run = masked ? norm_bias_relu_pool_backward_sample<T, true>
-                                : norm_bias_relu_pool_backward_sample<T, false>;
-        run(grad.const_data_ptr<T>() + n * pooled_plane, index.const_data_ptr<int64_t>() + n * pooled_plane,
-            f.const_data_ptr<T>() + n * plane, r.const_data_ptr<T>() + n * channels,
-            masked ? mask.const_data_ptr<T>() + n * plane : nullptr, height, width, size, channels,
-            d_f.mutable_data_ptr<T>() + n * plane, d_b.mutable_data_ptr<T>() + n * channels, dot.data(),
-            scratch.data());
-      }
+    with_channels(channels, [&](auto channels) {
+      at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+        std::vector<T> dot(channels), scratch(plane);
+        for (int64_t n = begin; n < end; ++n) {
+          const auto run = masked ? norm_bias_relu_pool_backward_sample<T, true, decltype(channels)>
+                                  : norm_bias_relu_pool_backward_sample<T, false, decltype(channels)>;
+          run(grad.const_data_ptr<T>() + n * pooled_plane, index.const_data_ptr<int64_t>() + n * pooled_plane,
+              f.const_data_ptr<T>() + n * plane, r.const_data_ptr<T>() + n * channels,
+              masked ? mask.const_data_ptr<T>() + n * plane : nullptr, height, width, size, channels,
+              d_f.mutable_data_ptr<T>() + n * plane, d_b.mutable_data_ptr<T>() + n * channels, dot.data(),
+              scratch.data());
+        }
+      });
     });
   });
   return {d_f, d_b};
 }
 
+void set_fixed_channels(bool on) { fixed_channels = on; }
+bool uses_fixed_channels() { return fixed_channels; }
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("set_fixed_channels", &set_fixed_channels);
+  m.def("uses_fixed_channels", &uses_fixed_channels);
   m.def("norm_bias_relu_forward", &norm_bias_relu_forward);
   m.def("norm_bias_relu_backward", &norm_bias_relu_backward);
   m.def("adaptive_pool_forward", &adaptive_pool_forward);
