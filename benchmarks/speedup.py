@@ -24,6 +24,9 @@ Switches, and what runs when one is off:
     reconstruction-loss  the fused reconstruction loss (one sweep over all g_t and the target)
                        off: F.mse_loss per step on (B, H, W, C) views, summed by autograd
                        (training only)
+    pooled-drive       the drive of an AdaReLU that an AdaPool follows kept at the pooled
+                       resolution (`fused.PooledDrive`) off: the feedback writes it as a map
+                       and the next pass reads that map
     fixed-channels     the kernels' channel count as a compile-time constant (16, 32, 64) off:
                        every count at run time
 
@@ -63,6 +66,15 @@ def _every_signal_written(g, index, mask, size, eps, drives_only=False):
     return _feedback_norm(g, index, mask, size, eps)
 
 
+def _relu_drive_written(g, index, mask, size, eps, drives_only=False):
+    """The drives-only feedback before `fused.PooledDrive`: where a ReLU and a pool meet, it
+    writes the unpooled map u as the ReLU's drive (and the next pass reads it)."""
+    if not (drives_only and index is not None and mask is not None):
+        return _feedback_norm(g, index, mask, size, eps, drives_only)
+    unpooled, out = fused._FeedbackNorm.apply(g, index, mask, size, eps, True, False)
+    return unpooled, None, out
+
+
 @torch.autograd.function.once_differentiable
 def _matmul_backward_to_one_channel(ctx, d_out):
     """The previous backward of `_ConvTransposeToOneChannel`: the matmuls on the unfolded gradient."""
@@ -77,7 +89,7 @@ def _matmul_backward_to_one_channel(ctx, d_out):
 
 
 def _norm_then_pool(f, bias, relu_drive, pool_drive, relu, size, eps):
-    out, mask = fused.norm_bias_relu(f, bias, relu_drive, relu, eps)
+    out, mask = fused.norm_bias_relu(f, bias, fused.as_map(relu_drive), relu, eps)
     pooled, index = fused.adaptive_pool(out, pool_drive, size)
     return pooled, mask, index
 
@@ -92,6 +104,7 @@ SWITCHES = {
     "image-strides": lambda: mock.patch.object(layers, "channels_last",
                                                lambda t: t.contiguous(memory_format=torch.channels_last)),
     "drives-only": lambda: mock.patch.object(fused, "feedback_norm", _every_signal_written),
+    "pooled-drive": lambda: mock.patch.object(fused, "feedback_norm", _relu_drive_written),
     "reconstruction-loss": lambda: mock.patch.object(fused, "accepts_squared_errors", lambda *args: False),
     "fixed-channels": fused.runtime_channel_counts,
 }

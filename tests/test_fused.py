@@ -119,6 +119,24 @@ def test_norm_bias_relu_pool_equals_the_layers(variant, channels, monkeypatch):
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("channels", CHANNELS)
+def test_a_pooled_relu_drive_gives_what_its_map_gives(channels):
+    """[norm, bias, relu, pool] with the ReLU's drive as a PooledDrive of the pool's drive (read
+    through its index): the same output, latents and gradients as with the drive's map."""
+    torch.manual_seed(7)
+    run, f, drives = _pooled_run("driven-relu+pool", channels)
+    _, index = fused.adaptive_pool(_map(2, channels, 6, 8, zeros=0.2), None, 2)
+    pooled_drive = fused.PooledDrive(drives[-1], index, 2)
+    f.requires_grad_()
+    weights = _map(2, channels, 3, 4)
+    results = []
+    for relu_drive in (pooled_drive, pooled_drive.unpooled()):
+        out, latents = fused.run_norm_segment(run, f, (None, None, relu_drive, drives[-1]))
+        results.append([out, latents[2], latents[3], *torch.autograd.grad((out * weights).sum(), [f, run[1].bias])])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert results[0][1].any() and not results[0][1].all()  # the drive's zeros (unchosen pixels) masked some
+
+
 @pytest.mark.parametrize("channels", [4, 16])
 @pytest.mark.parametrize("driven", [False, True])
 def test_adaptive_pool_equals_the_layer_on_ties_and_signed_zeros(driven, channels, monkeypatch):
@@ -205,12 +223,17 @@ def test_feedback_norm_gradient(variant):
 def test_feedback_segment_equals_the_layers(variant, drives_only, channels, monkeypatch):
     """Signals, features and the gradient through all of them (eta and the norm loss use the
     signals) equal the layers' feedback one by one; with drives_only, the signals at the
-    adaptive layers only, the others None."""
+    adaptive layers only, the others None, and the ReLU's below a pool a PooledDrive whose map
+    is the layers' signal."""
     torch.manual_seed(4)
-    run, latents, g = _feedback_run(*_FEEDBACK_RUNS[variant], channels)
+    relu, pool = _FEEDBACK_RUNS[variant]
+    run, latents, g = _feedback_run(relu, pool, channels)
     assert fused.accepts_feedback(run, g, latents)
     g.requires_grad_()
     signals, features = fused.run_feedback_segment(run, g, latents, drives_only)
+    if relu:
+        assert isinstance(signals[2], fused.PooledDrive) == (pool and drives_only)
+    signals = [fused.as_map(s) for s in signals]
     _torch_layers(monkeypatch)
     expected_signals, below = [None] * len(run), g
     for i in reversed(range(len(run))):

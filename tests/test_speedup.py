@@ -136,3 +136,18 @@ def test_the_fixed_channels_switch_takes_runtime_counts_only_inside():
     with SWITCHES["fixed-channels"]():
         assert not extension.uses_fixed_channels()
     assert extension.uses_fixed_channels()
+
+
+def _pooled_drives(model) -> int:
+    logits, latents = model.feedforward(torch.rand(2, 1, 28, 28) * 2 - 1)
+    return sum(isinstance(s, fused.PooledDrive) for s in model.feedback(logits, latents, drives_only=True).signals)
+
+
+def test_the_pooled_drive_switch_writes_the_relu_drive_as_a_map_only_inside():
+    if not fused.available():
+        pytest.skip("fused kernels not built")
+    model = cnnf.create_model("conv4_mnist", iterations=1)  # two [norm, bias, relu, pool] runs in the feedback
+    assert _pooled_drives(model) == 2
+    with SWITCHES["pooled-drive"]():
+        assert _pooled_drives(model) == 0
+    assert _pooled_drives(model) == 2

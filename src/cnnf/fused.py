@@ -20,6 +20,7 @@ import functools
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -82,14 +83,36 @@ def runtime_channel_counts():
         extension.set_fixed_channels(True)
 
 
-def accepts(*maps: Tensor | None) -> bool:
-    """Whether the kernels take these maps: available, channels-last, float32 / float64, on CPU."""
-    return available() and all(
-        m is None
-        or (m.dim() == 4 and m.device.type == "cpu" and m.dtype in (torch.float32, torch.float64)
+@dataclass(frozen=True)
+class PooledDrive:
+    """The drive of an AdaReLU that an AdaPool follows, kept at the pooled resolution: the map
+    u = unpool(pooled, index) (each size x size window's `pooled` value at the pixel `index`
+    chose, zeros elsewhere), never written. The fused feedback returns it with drives_only
+    (`run_feedback_segment`); the fused forward reads u through the index (`norm_bias_relu_pool`),
+    and `unpooled()` writes the map for the layer-by-layer path (`as_map`)."""
+
+    pooled: Tensor
+    index: Tensor
+    size: int
+
+    def unpooled(self) -> Tensor:
+        return unpool(self.pooled, self.index, self.size)
+
+
+def as_map(drive: Tensor | PooledDrive | None) -> Tensor | None:
+    """A drive as the map the layers read: a PooledDrive unpooled, anything else as it is."""
+    return drive.unpooled() if isinstance(drive, PooledDrive) else drive
+
+
+def accepts(*maps: Tensor | PooledDrive | None) -> bool:
+    """Whether the kernels take these maps: available, channels-last, float32 / float64, on CPU
+    (a PooledDrive by its pooled map; its index comes from the kernels)."""
+    return available() and all(m is None or _kernel_map(m.pooled if isinstance(m, PooledDrive) else m) for m in maps)
+
+
+def _kernel_map(m: Tensor) -> bool:
+    return (m.dim() == 4 and m.device.type == "cpu" and m.dtype in (torch.float32, torch.float64)
             and m.is_contiguous(memory_format=torch.channels_last))
-        for m in maps
-    )
 
 
 def accepts_feedback(layers: Sequence[torch.nn.Module], g: Tensor, latents: Sequence[Tensor | None]) -> bool:
@@ -132,21 +155,29 @@ class _NormBiasReLU(torch.autograd.Function):
         return d_f, (d_b.sum(0) if ctx.has_bias else None), None, None, None
 
 
-def norm_bias_relu_pool(f: Tensor, bias: Tensor | None, relu_drive: Tensor | None, pool_drive: Tensor | None,
-                        relu: bool, size: int, eps: float):
+def norm_bias_relu_pool(f: Tensor, bias: Tensor | None, relu_drive: Tensor | PooledDrive | None,
+                        pool_drive: Tensor | None, relu: bool, size: int, eps: float):
     """`norm_bias_relu`, then `adaptive_pool` (size x size windows, driven by `pool_drive`) in
     one sweep per sample, without writing the map in between. f: (B, C, H, W) channels-last.
+    relu_drive: a map like f, or a PooledDrive of pool_drive (read through its index).
     Returns (pooled (B, C, H/size, W/size), the ReLU's mask like f or None, the pool's index)."""
-    pooled, mask, index = _NormBiasReLUPool.apply(f, bias, _detached(relu_drive), _detached(pool_drive), relu, size,
-                                                  eps)
+    relu_drive_index = None
+    if isinstance(relu_drive, PooledDrive):
+        if relu_drive.pooled is pool_drive and relu_drive.size == size:
+            relu_drive, relu_drive_index = None, relu_drive.index
+        else:
+            relu_drive = relu_drive.unpooled()
+    pooled, mask, index = _NormBiasReLUPool.apply(f, bias, _detached(relu_drive), relu_drive_index,
+                                                  _detached(pool_drive), relu, size, eps)
     return pooled, (mask if relu else None), index
 
 
 class _NormBiasReLUPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, f, bias, relu_drive, pool_drive, relu, size, eps):
+    def forward(ctx, f, bias, relu_drive, relu_drive_index, pool_drive, relu, size, eps):
         pooled, index, mask, r = _extension().norm_bias_relu_pool_forward(
-            f, _or_empty(bias), _or_empty(relu_drive), _or_empty(pool_drive), relu, size, eps)
+            f, _or_empty(bias), _or_empty(relu_drive), _or_empty(relu_drive_index), _or_empty(pool_drive), relu, size,
+            eps)
         ctx.has_bias, ctx.size = bias is not None, size
         ctx.save_for_backward(f, r, mask if relu else None, index)
         ctx.mark_non_differentiable(mask, index)
@@ -157,10 +188,10 @@ class _NormBiasReLUPool(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_pooled, d_mask, d_index):
         if d_pooled is None:  # only the (non-differentiable) latents were used
-            return None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None
         f, r, mask, index = ctx.saved_tensors
         d_f, d_b = _extension().norm_bias_relu_pool_backward(d_pooled, f, r, _or_empty(mask), index, ctx.size)
-        return d_f, (d_b.sum(0) if ctx.has_bias else None), None, None, None, None, None
+        return d_f, (d_b.sum(0) if ctx.has_bias else None), None, None, None, None, None, None
 
 
 def adaptive_pool(f: Tensor, drive: Tensor | None, size: int) -> tuple[Tensor, Tensor]:
@@ -216,9 +247,9 @@ def feedback_norm(g: Tensor, index: Tensor | None, mask: Tensor | None, size: in
     the run's output: u = unpool(g) with AdaPool's `index` (g pooled), m = mask * u with
     AdaReLU's mask, out = InstanceNorm(m). At least one of index and mask. Returns
     (u or None, m or None, out); u and m are the signals arriving at the ReLU and the bias.
-    drives_only: return u only where it drives the ReLU (index and mask given) and no m; the
-    maps not returned are never written, which saves a pass over memory per map."""
-    keep_unpooled = index is not None and (mask is not None or not drives_only)
+    drives_only: return neither (the ReLU's drive u is then a `PooledDrive` of g); the maps not
+    returned are never written, which saves a pass over memory per map."""
+    keep_unpooled = index is not None and not drives_only
     keep_masked = mask is not None and not drives_only
     outputs = list(_FeedbackNorm.apply(g, index, mask, size, eps, keep_unpooled, keep_masked))
     unpooled = outputs.pop(0) if keep_unpooled else None
@@ -312,7 +343,7 @@ def run_norm_segment(layers: Sequence[torch.nn.Module], h: Tensor, drives: Seque
     relu_drive = drives[2] if relu else None
     latents: list[Tensor | None] = [None] * len(layers)
     if pool is None:
-        h, latents[-1] = norm_bias_relu(h, bias.bias, relu_drive, relu, norm.eps)
+        h, latents[-1] = norm_bias_relu(h, bias.bias, as_map(relu_drive), relu, norm.eps)
         return h, tuple(latents)
     h, mask, latents[-1] = norm_bias_relu_pool(h, bias.bias, relu_drive, drives[-1], relu, pool.size, norm.eps)
     if relu:
@@ -332,7 +363,8 @@ def run_feedback_segment(layers: Sequence[torch.nn.Module], g: Tensor, latents: 
     """The feedback of one `feedback_segments` run, g at its top layer's output, latents one per
     layer of the run. Returns (signals arriving at each layer's output, features below the
     norm): what the layers' `feedback` one by one give; with drives_only, the signals only at
-    the adaptive layers (None at the norm and the bias), which the kernel then never writes."""
+    the adaptive layers (None at the norm and the bias), which the kernel then never writes, and
+    the ReLU's drive below a pool as a `PooledDrive` of g."""
     from cnnf.layers import AdaPool, AdaReLU
 
     norm, *_ = layers
@@ -341,7 +373,10 @@ def run_feedback_segment(layers: Sequence[torch.nn.Module], g: Tensor, latents: 
     index = latents[-1] if pool else None
     mask = None if relu_at is None else latents[relu_at]
     unpooled, masked, features = feedback_norm(g, index, mask, pool.size if pool else 1, norm.eps, drives_only)
-    above_relu = g if pool is None else unpooled  # the signal at the ReLU's output
+    if pool is None:
+        above_relu = g  # the signal at the ReLU's output
+    else:
+        above_relu = unpooled if unpooled is not None else PooledDrive(g, index, pool.size)
     below_relu = above_relu if mask is None else masked  # at the bias and the norm
     signals = [None, None] if drives_only else [below_relu, below_relu]
     if relu_at is not None:

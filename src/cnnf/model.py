@@ -27,8 +27,10 @@ from cnnf.layers import Bias
 Latents = tuple[Tensor | None, ...]
 """One entry per layer: the ReLU mask (0/1 in the features' dtype) or pooling choice (flat index), None elsewhere."""
 
-Drive = tuple[Tensor | None, ...]
-"""One entry per layer: the feedback signal that arrived at that layer's output."""
+Drive = tuple[Tensor | fused.PooledDrive | None, ...]
+"""One entry per layer: the feedback signal that arrived at that layer's output; from a drives-only
+fused feedback, the one at an AdaReLU that an AdaPool follows is a `fused.PooledDrive` (the map
+kept at the pooled resolution; `fused.as_map` writes it)."""
 
 OUTPUTS = ("last", "average")
 
@@ -41,7 +43,8 @@ class Feedback:
     signals:     per layer, the signal arriving at its output (before its mask); None below the
                  target layer. Used as the `drive` of the next feedforward pass and for eta.
     drives_only: the signals are kept only at AdaReLU / AdaPool layers (the drives), None
-                 elsewhere; enough for inference, not for eta or the norm-matching loss.
+                 elsewhere, and may be `fused.PooledDrive`s (see `Drive`); enough for
+                 inference, not for eta or the norm-matching loss.
     """
 
     features: Tensor
@@ -258,7 +261,7 @@ class CNNF(nn.Module):
                     h, latents[i:end] = fused.run_norm_segment(self.layers[i:end], h, drives)
                     i = end
                     continue
-            h, latents[i] = self.layers[i](h, None if drive is None else drive[i])
+            h, latents[i] = self.layers[i](h, None if drive is None else fused.as_map(drive[i]))
             if keep:
                 outputs[i] = h
             i += 1

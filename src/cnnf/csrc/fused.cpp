@@ -73,7 +73,7 @@ void rms_scale(const T* __restrict__ f, int64_t pixels, Channels channels, doubl
 
 // out = z * (f r + b) for one sample; the variant is a template argument, so the inner loop
 // has no branches and vectorises.
-enum class Relu { none, plain, driven };
+enum class Relu { none, plain, driven, driven_by_pooled };  // the last: norm_bias_relu_pool only
 
 template <typename T, Relu relu, typename Channels>
 void norm_bias_relu_sample(const T* __restrict__ f, const T* __restrict__ bias, const T* __restrict__ drive,
@@ -711,8 +711,12 @@ namespace {
 // __restrict__ and the channel loop vectorises): per channel y = f r + b, v = z y (AdaReLU,
 // or v = y without a ReLU) as norm_bias_relu_sample computes them, and the pool's running
 // choice of the largest sign * v as pool_window makes it (`first`: the window's first pixel).
+// The ReLU's drive u is `drive` at this pixel (Relu::driven), or (Relu::driven_by_pooled)
+// unpool(pooled_drive, drive_index): the window's pooled value where drive_index chose this
+// pixel, else 0, the same u without the map written.
 template <typename T, Relu relu, bool first, typename Channels>
 inline void norm_bias_relu_pool_pixel(const T* __restrict__ f, const T* __restrict__ bias, const T* __restrict__ drive,
+                                      const T* __restrict__ pooled_drive, const int64_t* __restrict__ drive_index,
                                       const T* __restrict__ r, const T* __restrict__ sign, int64_t at, Channels channels,
                                       T* __restrict__ mask, T* __restrict__ pooled, int64_t* __restrict__ index) {
   for (int64_t c = 0; c < channels; ++c) {
@@ -721,8 +725,14 @@ inline void norm_bias_relu_pool_pixel(const T* __restrict__ f, const T* __restri
     if constexpr (relu == Relu::plain) {
       mask[c] = y > T(0) ? T(1) : T(0);
       v = y > T(0) ? y : T(0);
-    } else if constexpr (relu == Relu::driven) {
-      const T z = y * drive[c] > T(0) ? T(1) : T(0);
+    } else if constexpr (relu == Relu::driven || relu == Relu::driven_by_pooled) {
+      T u;
+      if constexpr (relu == Relu::driven) {
+        u = drive[c];
+      } else {
+        u = drive_index[c] == at ? pooled_drive[c] : T(0);
+      }
+      const T z = y * u > T(0) ? T(1) : T(0);
       mask[c] = z;
       v = y * z;
     }
@@ -739,11 +749,13 @@ inline void norm_bias_relu_pool_pixel(const T* __restrict__ f, const T* __restri
 }
 
 // One sample of norm_bias_relu_pool_forward: r from the sample's map, then window by window
-// the pixels' y, z and the pooled choice; `drive` (the ReLU's) and `mask` are like f, or null.
+// the pixels' y, z and the pooled choice; `drive` (the ReLU's) and `mask` are like f, or null;
+// `drive_index` (Relu::driven_by_pooled) is at the pooled resolution.
 template <typename T, Relu relu, typename Channels>
 void norm_bias_relu_pool_sample(const T* __restrict__ f, const T* __restrict__ bias, const T* __restrict__ drive,
-                                const T* __restrict__ pool_drive, int64_t height, int64_t width, int64_t size,
-                                Channels channels, double eps, T* __restrict__ r, T* __restrict__ mask,
+                                const int64_t* __restrict__ drive_index, const T* __restrict__ pool_drive,
+                                int64_t height, int64_t width, int64_t size, Channels channels, double eps,
+                                T* __restrict__ r, T* __restrict__ mask,
                                 T* __restrict__ pooled, int64_t* __restrict__ index, T* __restrict__ sign,
                                 T* __restrict__ scratch) {
   rms_scale(f, height * width, channels, eps, r, scratch);
@@ -757,7 +769,8 @@ void norm_bias_relu_pool_sample(const T* __restrict__ f, const T* __restrict__ b
           const int64_t at = (oh * size + i) * width + ow * size + j, o = at * channels;
           const auto pixel = i == 0 && j == 0 ? norm_bias_relu_pool_pixel<T, relu, true, decltype(channels)>
                                               : norm_bias_relu_pool_pixel<T, relu, false, decltype(channels)>;
-          pixel(f + o, bias, drive ? drive + o : nullptr, r, sign, at, channels, mask ? mask + o : nullptr,
+          pixel(f + o, bias, drive ? drive + o : nullptr, pool_drive ? pool_drive + window : nullptr,
+                drive_index ? drive_index + window : nullptr, r, sign, at, channels, mask ? mask + o : nullptr,
                 pooled + window, index + window);
         }
       }
@@ -771,29 +784,41 @@ void norm_bias_relu_pool_sample(const T* __restrict__ f, const T* __restrict__ b
 // [InstanceNorm, Bias, AdaReLU?, AdaPool(size)] on f (B, C, H, W) channels-last in one sweep per
 // sample: norm_bias_relu_forward, then adaptive_pool_forward on its output, without writing
 // that output. relu_drive: like f or empty (first pass; ignored without relu); pool_drive:
-// (B, C, H/size, W/size) or empty. Returns (pooled, index, mask (size 0 without relu), r).
+// (B, C, H/size, W/size) or empty; relu_drive_index: empty, or with relu_drive empty, the
+// pooling choice (like pool_drive, int64) that makes the ReLU's drive unpool(pool_drive,
+// relu_drive_index), read without that map. Returns (pooled, index, mask (size 0 without
+// relu), r).
 std::vector<at::Tensor> norm_bias_relu_pool_forward(const at::Tensor& f, const at::Tensor& bias,
-                                                    const at::Tensor& relu_drive, const at::Tensor& pool_drive,
-                                                    bool relu, int64_t size, double eps) {
+                                                    const at::Tensor& relu_drive, const at::Tensor& relu_drive_index,
+                                                    const at::Tensor& pool_drive, bool relu, int64_t size, double eps) {
   const auto outputs = pooled_outputs(f, pool_drive, size, "pool_drive");
   const at::Tensor &pooled = outputs[0], &index = outputs[1];
   const int64_t batch = f.size(0), channels = f.size(1), height = f.size(2), width = f.size(3);
   const int64_t out_h = height / size, out_w = width / size;
   const bool relu_driven = relu && relu_drive.numel() > 0, pool_driven = pool_drive.numel() > 0;
+  const bool relu_driven_by_pooled = relu && !relu_driven && relu_drive_index.numel() > 0;
   if (relu_driven) {
     check_map(relu_drive, "relu_drive");
     TORCH_CHECK(relu_drive.sizes() == f.sizes(), "relu_drive must have the shape of f");
   }
+  if (relu_driven_by_pooled) {
+    TORCH_CHECK(pool_driven, "relu_drive_index needs the pool_drive it unpools");
+    check_unpool(pool_drive, relu_drive_index, size);
+  }
   at::Tensor mask = relu ? at::empty_like(f, kChannelsLast) : at::empty({0}, f.options());
   at::Tensor r = at::empty({batch, channels}, f.options());
   const at::Tensor b = bias.numel() > 0 ? bias.contiguous() : at::zeros({channels}, f.options());
-  const Relu variant = !relu ? Relu::none : relu_driven ? Relu::driven : Relu::plain;
+  const Relu variant = !relu                  ? Relu::none
+                       : relu_driven           ? Relu::driven
+                       : relu_driven_by_pooled ? Relu::driven_by_pooled
+                                               : Relu::plain;
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "norm_bias_relu_pool_forward", [&] {
     using T = scalar_t;
     const int64_t plane = height * width * channels, pooled_plane = out_h * out_w * channels;
     const T* fp = f.const_data_ptr<T>();
     const T* bp = b.const_data_ptr<T>();
     const T* dp = relu_driven ? relu_drive.const_data_ptr<T>() : nullptr;
+    const int64_t* dip = relu_driven_by_pooled ? relu_drive_index.const_data_ptr<int64_t>() : nullptr;
     const T* pdp = pool_driven ? pool_drive.const_data_ptr<T>() : nullptr;
     T* mp = relu ? mask.mutable_data_ptr<T>() : nullptr;
     T* rp = r.mutable_data_ptr<T>();
@@ -801,15 +826,17 @@ std::vector<at::Tensor> norm_bias_relu_pool_forward(const at::Tensor& f, const a
     int64_t* ip = index.mutable_data_ptr<int64_t>();
     with_channels(channels, [&](auto channels) {
       using C = decltype(channels);
-      const auto run = variant == Relu::none    ? norm_bias_relu_pool_sample<T, Relu::none, C>
-                       : variant == Relu::plain ? norm_bias_relu_pool_sample<T, Relu::plain, C>
-                                                : norm_bias_relu_pool_sample<T, Relu::driven, C>;
+      const auto run = variant == Relu::none     ? norm_bias_relu_pool_sample<T, Relu::none, C>
+                       : variant == Relu::plain  ? norm_bias_relu_pool_sample<T, Relu::plain, C>
+                       : variant == Relu::driven ? norm_bias_relu_pool_sample<T, Relu::driven, C>
+                                                 : norm_bias_relu_pool_sample<T, Relu::driven_by_pooled, C>;
       at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
         std::vector<T> scratch(channels), sign(channels, T(1));
         for (int64_t n = begin; n < end; ++n) {
-          run(fp + n * plane, bp, dp ? dp + n * plane : nullptr, pdp ? pdp + n * pooled_plane : nullptr, height, width,
-              size, channels, eps, rp + n * channels, mp ? mp + n * plane : nullptr, pp + n * pooled_plane,
-              ip + n * pooled_plane, sign.data(), scratch.data());
+          run(fp + n * plane, bp, dp ? dp + n * plane : nullptr, dip ? dip + n * pooled_plane : nullptr,
+              pdp ? pdp + n * pooled_plane : nullptr, height, width, size, channels, eps, rp + n * channels,
+              mp ? mp + n * plane : nullptr, pp + n * pooled_plane, ip + n * pooled_plane, sign.data(),
+              scratch.data());
         }
       });
     });
