@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml src/cnnf/csrc/fused.cpp
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps torchattacks==3.5.1
-	$(BIN)/python -c 'from cnnf import fused; fused.build()'  # the C++ kernels (about a minute)
+	$(BIN)/python -c 'from cnnf import fused; fused.build()'  # the C++ kernels (about two minutes)
 	touch $(STAMP)
 
 $(FASHION):
