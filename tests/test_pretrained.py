@@ -55,5 +55,7 @@ def test_card_test_accuracy_is_reproducible(name):
     model = cnnf.load_pretrained(name)
     acc = accuracy_per_iteration(model, _fashion_test_set(), model.iterations)
     # float32 results depend on the kernels (memory layout, thread count), which can flip a
-    # borderline prediction: allow 3 of the 10,000 test images; wrong weights miss by far more
-    assert acc["last"] == pytest.approx(card["test_accuracy"]["last"], abs=3e-4)
+    # borderline prediction: allow 5 of the 10,000 test images (adv_fgsm_cnnf5_fmnist's
+    # N = 4 and 5 differ by 4 and 1 from its card on the 2-core development host, with the
+    # code of 2026-12-03 morning as well); wrong weights miss by far more
+    assert acc["last"] == pytest.approx(card["test_accuracy"]["last"], abs=5e-4)
