@@ -127,13 +127,14 @@ std::vector<at::Tensor> norm_bias_relu_forward(const at::Tensor& f, const at::Te
     scalar_t* rp = r.mutable_data_ptr<scalar_t>();
     const int64_t plane = pixels * channels;
     with_channels(channels, [&](auto channels) {
+      using C = decltype(channels);
+      const auto run = variant == Relu::none    ? norm_bias_relu_sample<scalar_t, Relu::none, C>
+                       : variant == Relu::plain ? norm_bias_relu_sample<scalar_t, Relu::plain, C>
+                                                : norm_bias_relu_sample<scalar_t, Relu::driven, C>;
       at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> scratch(channels);
         for (int64_t n = begin; n < end; ++n) {
           const int64_t o = n * plane;
-          const auto run = variant == Relu::none    ? norm_bias_relu_sample<scalar_t, Relu::none, decltype(channels)>
-                           : variant == Relu::plain ? norm_bias_relu_sample<scalar_t, Relu::plain, decltype(channels)>
-                                                    : norm_bias_relu_sample<scalar_t, Relu::driven, decltype(channels)>;
           run(fp + o, bp, gp ? gp + o : nullptr, pixels, channels, eps, rp + n * channels, op + o,
               mp ? mp + o : nullptr, scratch.data());
         }
@@ -193,12 +194,13 @@ std::vector<at::Tensor> norm_bias_relu_backward(const at::Tensor& d_out, const a
     scalar_t* dbp = d_b.mutable_data_ptr<scalar_t>();
     const int64_t plane = pixels * channels;
     with_channels(channels, [&](auto channels) {
+      using C = decltype(channels);
+      const auto run = mp ? norm_bias_relu_backward_sample<scalar_t, true, C>
+                          : norm_bias_relu_backward_sample<scalar_t, false, C>;
       at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> dot(channels);
         for (int64_t n = begin; n < end; ++n) {
           const int64_t o = n * plane, k = n * channels;
-          const auto run = mp ? norm_bias_relu_backward_sample<scalar_t, true, decltype(channels)>
-                              : norm_bias_relu_backward_sample<scalar_t, false, decltype(channels)>;
           run(gp + o, fp + o, rp + k, mp ? mp + o : nullptr, pixels, channels, dfp + o, dbp + k, dot.data());
         }
       });
@@ -893,11 +895,12 @@ std::vector<at::Tensor> norm_bias_relu_pool_backward(const at::Tensor& d_pooled,
     using T = scalar_t;
     const int64_t plane = height * width * channels, pooled_plane = index.size(2) * index.size(3) * channels;
     with_channels(channels, [&](auto channels) {
+      using C = decltype(channels);
+      const auto run = masked ? norm_bias_relu_pool_backward_sample<T, true, C>
+                              : norm_bias_relu_pool_backward_sample<T, false, C>;
       at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
         std::vector<T> dot(channels), scratch(plane);
         for (int64_t n = begin; n < end; ++n) {
-          const auto run = masked ? norm_bias_relu_pool_backward_sample<T, true, decltype(channels)>
-                                  : norm_bias_relu_pool_backward_sample<T, false, decltype(channels)>;
           run(grad.const_data_ptr<T>() + n * pooled_plane, index.const_data_ptr<int64_t>() + n * pooled_plane,
               f.const_data_ptr<T>() + n * plane, r.const_data_ptr<T>() + n * channels,
               masked ? mask.const_data_ptr<T>() + n * plane : nullptr, height, width, size, channels,
