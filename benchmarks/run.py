@@ -48,6 +48,7 @@ from cnnf.allocator import keep_freed_memory
 from cnnf.layers import Conv2d, Linear
 from cnnf.losses import LossWeights
 from cnnf.model import CNNF
+from cnnf.train import adam
 
 SCHEMA_VERSION = 5
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -295,7 +296,7 @@ def training_step(model: CNNF, batch: int) -> Callable[[], None]:
     """One standard CNN-F training step, as `cnnf train` takes it (`cnnf.steps.make_step`; the
     paper's losses and optimiser: Adam, lr 1e-3, weight decay 5e-4)."""
     x, y = random_batch(model, batch)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
+    optimizer = adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
     train_step = steps.make_step(model, optimizer, LossWeights(), adversarial=None)
     return lambda: train_step(x, y)
 

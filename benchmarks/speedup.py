@@ -29,6 +29,8 @@ Switches, and what runs when one is off:
                        and the next pass reads that map
     fixed-channels     the kernels' channel count as a compile-time constant (16, 32, 64) off:
                        every count at run time
+    fused-adam         Adam's update as one fused kernel (`cnnf.train.adam`) off: torch's default
+                       foreach form (training only)
 
 Writes benchmarks/results/speedup-<switch>-<date>-<time>.{json,md} and prints the table.
 """
@@ -94,6 +96,21 @@ def _norm_then_pool(f, bias, relu_drive, pool_drive, relu, size, eps):
     return pooled, mask, index
 
 
+_adam_step = torch.optim.Adam.step
+
+
+def _foreach_adam_step(optimizer, *args, **kwargs):
+    """Adam.step in torch's default (foreach) form, whatever the optimiser was built with."""
+    settings = [(group["fused"], group["foreach"]) for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = False, True
+    try:
+        return _adam_step(optimizer, *args, **kwargs)
+    finally:
+        for group, (fused_, foreach) in zip(optimizer.param_groups, settings):
+            group["fused"], group["foreach"] = fused_, foreach
+
+
 SWITCHES = {
     "kernels": lambda: mock.patch.object(fused, "accepts", lambda *maps: False),
     "norm-pool": lambda: mock.patch.object(fused, "norm_bias_relu_pool", _norm_then_pool),
@@ -107,6 +124,7 @@ SWITCHES = {
     "pooled-drive": lambda: mock.patch.object(fused, "feedback_norm", _relu_drive_written),
     "reconstruction-loss": lambda: mock.patch.object(fused, "accepts_squared_errors", lambda *args: False),
     "fixed-channels": fused.runtime_channel_counts,
+    "fused-adam": lambda: mock.patch.object(torch.optim.Adam, "step", _foreach_adam_step),
 }
 """Name: a context manager under which the optimisation is off."""
 

@@ -1,6 +1,7 @@
 """benchmarks/speedup.py: each switch must really turn its optimisation off, and only inside
 its context (otherwise its ratios would compare a path with itself)."""
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -151,3 +152,27 @@ def test_the_pooled_drive_switch_writes_the_relu_drive_as_a_map_only_inside():
     with SWITCHES["pooled-drive"]():
         assert _pooled_drives(model) == 0
     assert _pooled_drives(model) == 2
+
+
+def _adam_forms(optimizer, monkeypatch) -> list[bool]:
+    """Whether each parameter update of one Adam step ran fused."""
+    forms = []
+    module = importlib.import_module("torch.optim.adam")  # `torch.optim.adam` is the function
+    original = module.adam
+    monkeypatch.setattr(module, "adam", lambda *args, **kw: forms.append(kw["fused"]) or original(*args, **kw))
+    optimizer.step()
+    monkeypatch.setattr(module, "adam", original)
+    return forms
+
+
+def test_the_fused_adam_switch_runs_the_foreach_update_only_inside(monkeypatch):
+    from cnnf.train import adam
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    weight.grad = torch.ones(3)
+    optimizer = adam([weight], lr=1e-3, weight_decay=5e-4)
+    assert _adam_forms(optimizer, monkeypatch) == [True]
+    with SWITCHES["fused-adam"]():
+        assert _adam_forms(optimizer, monkeypatch) == [False]
+    assert _adam_forms(optimizer, monkeypatch) == [True]
+    assert optimizer.param_groups[0]["fused"] and optimizer.param_groups[0]["foreach"] is None

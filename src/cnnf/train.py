@@ -35,6 +35,13 @@ class RunFolderError(ValueError):
     """A run folder that cannot be used as asked (exists, or has nothing to resume)."""
 
 
+def adam(parameters, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """The paper's optimiser, Adam with L2 weight decay, as one fused kernel per step: the same
+    update as torch's default (foreach) form, in a third of its time on CPU (about 3 ms instead of 11
+    for conv4_mnist's 3.3 M parameters; benchmarks/README.md)."""
+    return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, fused=True)
+
+
 def build_model(config: TrainConfig) -> CNNF:
     settings = {"iterations": config.iterations, "output": config.output, "residual": config.residual}
     if config.reconstruct_to is not None:
@@ -82,7 +89,7 @@ def train(run_dir: str | Path, config: TrainConfig | None = None, resume: bool =
     model = build_model(config)
     if initial is not None:
         checkpoint.load_into(model, initial, config.init_from)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = adam(model.parameters(), config.lr, config.weight_decay)
     weights = LossWeights(config.alpha_ce, config.alpha_rec, config.alpha_cll, config.alpha_norm)
     step_fn = make_step(model, optimizer, weights, config.adversarial)
     position = _restore(run_dir, model, optimizer) if resume else _fresh_position()
