@@ -117,20 +117,21 @@ def _kernel_map(m: Tensor) -> bool:
 
 def accepts_feedback(layers: Sequence[torch.nn.Module], g: Tensor, latents: Sequence[Tensor | None]) -> bool:
     """Whether `run_feedback_segment` takes the run `layers`, g and their latents: every
-    adaptive layer has its latent, the maps are as `accepts` wants and pooling indices are
-    channels-last."""
+    adaptive layer has its latent, g is as `accepts` wants, and the latents are the kernels'
+    own: bool masks and int64 pooling indices, channels-last, on CPU."""
     if any(layer.adaptive and z is None for layer, z in zip(layers, latents)):
         return False  # the layer-by-layer path raises the error that names the layer
-    present = [z for z in latents if z is not None]
-    return accepts(g, *(z for z in present if z.is_floating_point())) and all(
-        z.is_contiguous(memory_format=torch.channels_last) for z in present if not z.is_floating_point()
+    return accepts(g) and all(
+        z.dim() == 4 and z.device.type == "cpu" and z.dtype in (torch.bool, torch.int64)
+        and z.is_contiguous(memory_format=torch.channels_last)
+        for z in latents if z is not None
     )
 
 
 def norm_bias_relu(f: Tensor, bias: Tensor | None, drive: Tensor | None, relu: bool, eps: float):
     """InstanceNorm, then + bias (C,) if given, then AdaReLU if `relu` (driven by `drive`, the
     feedback at the ReLU's output, or plain on the first pass). f: (B, C, H, W) channels-last.
-    Returns (out like f, mask 0/1 like f or None without relu)."""
+    Returns (out like f, bool mask like f or None without relu)."""
     out, mask = _NormBiasReLU.apply(f, bias, _detached(drive), relu, eps)
     return out, (mask if relu else None)
 

@@ -187,18 +187,17 @@ class AdaReLU(FeedbackLayer):
     Eq. 3 prints ReLU(-f) for g < 0; the MAP derivation (eq. 18, Lemma A.1) passes z * f,
     which is what the generative-classifier identity test pins down.
 
-    z_R is stored as 0/1 values of f's dtype, not bool: multiplying by a same-dtype mask is
-    about twice as fast on CPU as by a bool one (no per-element cast), and a mask is applied
-    once per pass in each direction. It carries no gradient (it is piecewise constant)."""
+    z_R is a bool map: the fused kernels (`cnnf.fused`) write and read one byte per value
+    instead of four, and training keeps a quarter of the memory for the latents of every step
+    (benchmarks/README.md). It carries no gradient (it is piecewise constant)."""
 
     adaptive = True
 
     def forward(self, f: Tensor, drive: Tensor | None = None) -> tuple[Tensor, Latent]:
         if drive is None:
-            out = F.relu(f)
-            return out, out.detach().sign()  # relu output >= 0, so its sign is 1(f > 0)
-        mask = (f.detach() * drive.detach()).gt_(0)  # in place on a float: 0/1 in f's dtype
-        return f * mask, mask
+            return F.relu(f), f.detach() > 0
+        mask = f.detach() * drive.detach() > 0
+        return f * mask, mask  # -0.0 where a negative f is masked, as the fused kernels give
 
     def feedback(self, g: Tensor, latent: Latent) -> Tensor:
         return g * latent

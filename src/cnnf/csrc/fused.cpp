@@ -37,6 +37,13 @@ void check_map(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_contiguous(kChannelsLast), name, " must be channels-last contiguous");
 }
 
+// An AdaReLU mask: bool, channels-last, the shape of the map it masks.
+void check_mask(const at::Tensor& mask, const at::Tensor& map) {
+  check_map(mask, "mask");
+  TORCH_CHECK(mask.scalar_type() == at::kBool, "mask must be bool (an AdaReLU latent), got ", mask.scalar_type());
+  TORCH_CHECK(mask.sizes() == map.sizes(), "mask must have the shape of the map it masks");
+}
+
 // Calls kernel(channels) with the channel count as a compile-time constant
 // (std::integral_constant) for the counts of the registered networks, else as an int64_t.
 // The kernels' inner loops run over the channels of one NHWC pixel; with a fixed trip count
@@ -78,7 +85,7 @@ enum class Relu { none, plain, driven, driven_by_pooled };  // the last: norm_bi
 template <typename T, Relu relu, typename Channels>
 void norm_bias_relu_sample(const T* __restrict__ f, const T* __restrict__ bias, const T* __restrict__ drive,
                            int64_t pixels, Channels channels, double eps, T* __restrict__ r,
-                           T* __restrict__ out, T* __restrict__ mask, T* __restrict__ scratch) {
+                           T* __restrict__ out, bool* __restrict__ mask, T* __restrict__ scratch) {
   rms_scale(f, pixels, channels, eps, r, scratch);
   for (int64_t p = 0; p < pixels; ++p) {
     const int64_t o = p * channels;
@@ -87,12 +94,12 @@ void norm_bias_relu_sample(const T* __restrict__ f, const T* __restrict__ bias, 
       if constexpr (relu == Relu::none) {
         out[o + c] = y;
       } else if constexpr (relu == Relu::plain) {
-        mask[o + c] = y > T(0) ? T(1) : T(0);
+        mask[o + c] = y > T(0);
         out[o + c] = y > T(0) ? y : T(0);  // +0.0 where y <= 0, as F.relu
       } else {
-        const T z = y * drive[o + c] > T(0) ? T(1) : T(0);
+        const bool z = y * drive[o + c] > T(0);
         mask[o + c] = z;
-        out[o + c] = y * z;
+        out[o + c] = y * T(z);  // -0.0 where a negative y is masked, as f * mask
       }
     }
   }
@@ -101,7 +108,7 @@ void norm_bias_relu_sample(const T* __restrict__ f, const T* __restrict__ bias, 
 }  // namespace
 
 // f: (B, C, H, W) channels-last; bias: (C,) or empty; drive: like f or empty (first pass).
-// Returns (out, mask, r): out like f; mask like f (0/1; size 0 without relu); r (B, C).
+// Returns (out, mask, r): out like f; mask like f (bool; size 0 without relu); r (B, C).
 std::vector<at::Tensor> norm_bias_relu_forward(const at::Tensor& f, const at::Tensor& bias,
                                                const at::Tensor& drive, bool relu, double eps) {
   check_map(f, "f");
@@ -113,7 +120,7 @@ std::vector<at::Tensor> norm_bias_relu_forward(const at::Tensor& f, const at::Te
   }
   const int64_t batch = f.size(0), channels = f.size(1), pixels = f.size(2) * f.size(3);
   at::Tensor out = at::empty_like(f, kChannelsLast);
-  at::Tensor mask = relu ? at::empty_like(f, kChannelsLast) : at::empty({0}, f.options());
+  at::Tensor mask = relu ? at::empty_like(f, f.options().dtype(at::kBool), kChannelsLast) : at::empty({0}, f.options());
   at::Tensor r = at::empty({batch, channels}, f.options());
   // without a bias, add zeros: one code path, and the add costs nothing next to the memory traffic
   const at::Tensor b = has_bias ? bias.contiguous() : at::zeros({channels}, f.options());
@@ -123,7 +130,7 @@ std::vector<at::Tensor> norm_bias_relu_forward(const at::Tensor& f, const at::Te
     const scalar_t* bp = b.const_data_ptr<scalar_t>();
     const scalar_t* gp = has_drive ? drive.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    scalar_t* mp = relu ? mask.mutable_data_ptr<scalar_t>() : nullptr;
+    bool* mp = relu ? mask.mutable_data_ptr<bool>() : nullptr;
     scalar_t* rp = r.mutable_data_ptr<scalar_t>();
     const int64_t plane = pixels * channels;
     with_channels(channels, [&](auto channels) {
@@ -149,14 +156,14 @@ namespace {
 // One sample of norm_bias_relu_backward; `masked` is false without a ReLU.
 template <typename T, bool masked, typename Channels>
 void norm_bias_relu_backward_sample(const T* __restrict__ d_out, const T* __restrict__ f, const T* __restrict__ r,
-                                    const T* __restrict__ mask, int64_t pixels, Channels channels,
+                                    const bool* __restrict__ mask, int64_t pixels, Channels channels,
                                     T* __restrict__ d_f, T* __restrict__ d_b, T* __restrict__ dot) {
   std::fill(d_b, d_b + channels, T(0));
   std::fill(dot, dot + channels, T(0));
   for (int64_t p = 0; p < pixels; ++p) {
     const int64_t o = p * channels;
     for (int64_t c = 0; c < channels; ++c) {
-      const T dy = masked ? d_out[o + c] * mask[o + c] : d_out[o + c];
+      const T dy = masked ? d_out[o + c] * T(mask[o + c]) : d_out[o + c];
       d_b[c] += dy;
       dot[c] += dy * (f[o + c] * r[c]);
     }
@@ -165,7 +172,7 @@ void norm_bias_relu_backward_sample(const T* __restrict__ d_out, const T* __rest
   for (int64_t p = 0; p < pixels; ++p) {
     const int64_t o = p * channels;
     for (int64_t c = 0; c < channels; ++c) {
-      const T dy = masked ? d_out[o + c] * mask[o + c] : d_out[o + c];
+      const T dy = masked ? d_out[o + c] * T(mask[o + c]) : d_out[o + c];
       d_f[o + c] = r[c] * (dy - (f[o + c] * r[c]) * dot[c]);
     }
   }
@@ -181,7 +188,7 @@ std::vector<at::Tensor> norm_bias_relu_backward(const at::Tensor& d_out, const a
   check_map(f, "f");
   const at::Tensor grad = d_out.contiguous(kChannelsLast);
   const bool has_mask = mask.defined() && mask.numel() > 0;
-  if (has_mask) check_map(mask, "mask");
+  if (has_mask) check_mask(mask, f);
   const int64_t batch = f.size(0), channels = f.size(1), pixels = f.size(2) * f.size(3);
   at::Tensor d_f = at::empty_like(f, kChannelsLast);
   at::Tensor d_b = at::empty({batch, channels}, f.options());
@@ -189,7 +196,7 @@ std::vector<at::Tensor> norm_bias_relu_backward(const at::Tensor& d_out, const a
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     const scalar_t* fp = f.const_data_ptr<scalar_t>();
     const scalar_t* rp = r.const_data_ptr<scalar_t>();
-    const scalar_t* mp = has_mask ? mask.const_data_ptr<scalar_t>() : nullptr;
+    const bool* mp = has_mask ? mask.const_data_ptr<bool>() : nullptr;
     scalar_t* dfp = d_f.mutable_data_ptr<scalar_t>();
     scalar_t* dbp = d_b.mutable_data_ptr<scalar_t>();
     const int64_t plane = pixels * channels;
@@ -398,7 +405,7 @@ void for_each_window_pixel(int64_t height, int64_t width, int64_t size, Channels
 // __restrict__ and the channel loop vectorises without aliasing checks): u = g where index
 // chose this pixel, else 0; m = mask * u; sum += m^2.
 template <typename T, bool pooled, bool masked, typename Channels>
-inline void feedback_norm_pixel(const T* __restrict__ g, const int64_t* __restrict__ index, const T* __restrict__ mask,
+inline void feedback_norm_pixel(const T* __restrict__ g, const int64_t* __restrict__ index, const bool* __restrict__ mask,
                                 int64_t at, Channels channels, T* __restrict__ unpooled, T* __restrict__ masked_out,
                                 T* __restrict__ sum) {
   for (int64_t c = 0; c < channels; ++c) {
@@ -408,7 +415,7 @@ inline void feedback_norm_pixel(const T* __restrict__ g, const int64_t* __restri
       unpooled[c] = v;
     }
     if constexpr (masked) {
-      v *= mask[c];
+      v *= T(mask[c]);
       masked_out[c] = v;
     }
     sum[c] += v * v;
@@ -420,14 +427,14 @@ inline void feedback_norm_pixel(const T* __restrict__ g, const int64_t* __restri
 template <typename T, bool pooled, bool masked, typename Channels>
 inline void feedback_norm_backward_pixel(const T* __restrict__ d_out, const T* __restrict__ out,
                                          const T* __restrict__ r, const T* __restrict__ dot,
-                                         const int64_t* __restrict__ index, const T* __restrict__ mask,
+                                         const int64_t* __restrict__ index, const bool* __restrict__ mask,
                                          const T* __restrict__ d_normed, const T* __restrict__ d_unpooled, int64_t at,
                                          Channels channels, T* __restrict__ d_g) {
   for (int64_t c = 0; c < channels; ++c) {
     T d = r[c] * (d_out[c] - out[c] * dot[c]);
     if (d_normed) d += d_normed[c];
     if constexpr (masked) {
-      d *= mask[c];
+      d *= T(mask[c]);
       if (d_unpooled) d += d_unpooled[c];
     }
     if constexpr (pooled) {
@@ -444,7 +451,7 @@ inline void feedback_norm_backward_pixel(const T* __restrict__ d_out, const T* _
 // per-thread scratch where the caller does not keep them) and sums m^2; pass 2 scales m, which
 // is still in cache, by r = (mean m^2 + eps)^(-1/2). Without pooling u is g itself.
 template <typename T, bool pooled, bool masked, typename Channels>
-void feedback_norm_sample(const T* __restrict__ g, const int64_t* __restrict__ index, const T* __restrict__ mask,
+void feedback_norm_sample(const T* __restrict__ g, const int64_t* __restrict__ index, const bool* __restrict__ mask,
                           int64_t height, int64_t width, int64_t size, Channels channels, double eps,
                           T* __restrict__ unpooled, T* __restrict__ masked_out, T* __restrict__ out,
                           T* __restrict__ r, T* __restrict__ sum) {
@@ -467,7 +474,7 @@ void feedback_norm_sample(const T* __restrict__ g, const int64_t* __restrict__ i
 // where unused). d_g is written at the chosen pixels (pooled) or everywhere.
 template <typename T, bool pooled, bool masked, typename Channels>
 void feedback_norm_backward_sample(const T* __restrict__ d_out, const T* __restrict__ out, const T* __restrict__ r,
-                                   const int64_t* __restrict__ index, const T* __restrict__ mask,
+                                   const int64_t* __restrict__ index, const bool* __restrict__ mask,
                                    const T* __restrict__ d_normed, const T* __restrict__ d_unpooled, int64_t height,
                                    int64_t width, int64_t size, Channels channels, T* __restrict__ d_g,
                                    T* __restrict__ dot) {
@@ -515,10 +522,7 @@ std::vector<at::Tensor> feedback_norm_forward(const at::Tensor& g, const at::Ten
   const int64_t height = pooled ? g.size(2) * size : g.size(2), width = pooled ? g.size(3) * size : g.size(3);
   const auto options = g.options();
   at::Tensor out = at::empty({batch, channels, height, width}, options, kChannelsLast);
-  if (masked) {
-    check_map(mask, "mask");
-    TORCH_CHECK(mask.sizes() == out.sizes(), "mask must have the shape of the unpooled map");
-  }
+  if (masked) check_mask(mask, out);
   at::Tensor unpooled = pooled && keep_unpooled ? at::empty_like(out, kChannelsLast) : at::empty({0}, options);
   at::Tensor masked_out = masked && keep_masked ? at::empty_like(out, kChannelsLast) : at::empty({0}, options);
   at::Tensor r = at::empty({batch, channels}, options);
@@ -529,7 +533,7 @@ std::vector<at::Tensor> feedback_norm_forward(const at::Tensor& g, const at::Ten
       constexpr bool P = decltype(pooled_flag)::value, M = decltype(masked_flag)::value;
       const T* gp = g.const_data_ptr<T>();
       const int64_t* ip = P ? index.const_data_ptr<int64_t>() : nullptr;
-      const T* mp = M ? mask.const_data_ptr<T>() : nullptr;
+      const bool* mp = M ? mask.const_data_ptr<bool>() : nullptr;
       T* up = P && keep_unpooled ? unpooled.mutable_data_ptr<T>() : nullptr;  // nullptr: not kept
       T* mo = M && keep_masked ? masked_out.mutable_data_ptr<T>() : nullptr;
       T* op = out.mutable_data_ptr<T>();
@@ -580,7 +584,7 @@ at::Tensor feedback_norm_backward(const at::Tensor& d_out, const at::Tensor& out
             feedback_norm_backward_sample<T, P, M>(
                 grad.const_data_ptr<T>() + n * plane, out.const_data_ptr<T>() + n * plane,
                 r.const_data_ptr<T>() + n * channels, P ? index.const_data_ptr<int64_t>() + n * g_plane : nullptr,
-                M ? mask.const_data_ptr<T>() + n * plane : nullptr, dn ? dn + n * plane : nullptr,
+                M ? mask.const_data_ptr<bool>() + n * plane : nullptr, dn ? dn + n * plane : nullptr,
                 du ? du + n * plane : nullptr, height, width, pooled ? size : 1, channels,
                 d_g.mutable_data_ptr<T>() + n * (P ? g_plane : plane), dot.data());
           }
@@ -720,12 +724,12 @@ template <typename T, Relu relu, bool first, typename Channels>
 inline void norm_bias_relu_pool_pixel(const T* __restrict__ f, const T* __restrict__ bias, const T* __restrict__ drive,
                                       const T* __restrict__ pooled_drive, const int64_t* __restrict__ drive_index,
                                       const T* __restrict__ r, const T* __restrict__ sign, int64_t at, Channels channels,
-                                      T* __restrict__ mask, T* __restrict__ pooled, int64_t* __restrict__ index) {
+                                      bool* __restrict__ mask, T* __restrict__ pooled, int64_t* __restrict__ index) {
   for (int64_t c = 0; c < channels; ++c) {
     const T y = f[c] * r[c] + bias[c];
     T v = y;
     if constexpr (relu == Relu::plain) {
-      mask[c] = y > T(0) ? T(1) : T(0);
+      mask[c] = y > T(0);
       v = y > T(0) ? y : T(0);
     } else if constexpr (relu == Relu::driven || relu == Relu::driven_by_pooled) {
       T u;
@@ -734,9 +738,9 @@ inline void norm_bias_relu_pool_pixel(const T* __restrict__ f, const T* __restri
       } else {
         u = drive_index[c] == at ? pooled_drive[c] : T(0);
       }
-      const T z = y * u > T(0) ? T(1) : T(0);
+      const bool z = y * u > T(0);
       mask[c] = z;
-      v = y * z;
+      v = y * T(z);
     }
     const T signed_v = sign[c] * v;
     if constexpr (first) {
@@ -757,7 +761,7 @@ template <typename T, Relu relu, typename Channels>
 void norm_bias_relu_pool_sample(const T* __restrict__ f, const T* __restrict__ bias, const T* __restrict__ drive,
                                 const int64_t* __restrict__ drive_index, const T* __restrict__ pool_drive,
                                 int64_t height, int64_t width, int64_t size, Channels channels, double eps,
-                                T* __restrict__ r, T* __restrict__ mask,
+                                T* __restrict__ r, bool* __restrict__ mask,
                                 T* __restrict__ pooled, int64_t* __restrict__ index, T* __restrict__ sign,
                                 T* __restrict__ scratch) {
   rms_scale(f, height * width, channels, eps, r, scratch);
@@ -807,7 +811,7 @@ std::vector<at::Tensor> norm_bias_relu_pool_forward(const at::Tensor& f, const a
     TORCH_CHECK(pool_driven, "relu_drive_index needs the pool_drive it unpools");
     check_unpool(pool_drive, relu_drive_index, size);
   }
-  at::Tensor mask = relu ? at::empty_like(f, kChannelsLast) : at::empty({0}, f.options());
+  at::Tensor mask = relu ? at::empty_like(f, f.options().dtype(at::kBool), kChannelsLast) : at::empty({0}, f.options());
   at::Tensor r = at::empty({batch, channels}, f.options());
   const at::Tensor b = bias.numel() > 0 ? bias.contiguous() : at::zeros({channels}, f.options());
   const Relu variant = !relu                  ? Relu::none
@@ -822,7 +826,7 @@ std::vector<at::Tensor> norm_bias_relu_pool_forward(const at::Tensor& f, const a
     const T* dp = relu_driven ? relu_drive.const_data_ptr<T>() : nullptr;
     const int64_t* dip = relu_driven_by_pooled ? relu_drive_index.const_data_ptr<int64_t>() : nullptr;
     const T* pdp = pool_driven ? pool_drive.const_data_ptr<T>() : nullptr;
-    T* mp = relu ? mask.mutable_data_ptr<T>() : nullptr;
+    bool* mp = relu ? mask.mutable_data_ptr<bool>() : nullptr;
     T* rp = r.mutable_data_ptr<T>();
     T* pp = pooled.mutable_data_ptr<T>();
     int64_t* ip = index.mutable_data_ptr<int64_t>();
@@ -852,10 +856,10 @@ namespace {
 // pixel (else 0), times the ReLU mask.
 template <typename T, bool masked, typename Channels>
 inline void pooled_gradient_pixel(const T* __restrict__ d_pooled, const int64_t* __restrict__ index,
-                                  const T* __restrict__ mask, int64_t at, Channels channels, T* __restrict__ dy) {
+                                  const bool* __restrict__ mask, int64_t at, Channels channels, T* __restrict__ dy) {
   for (int64_t c = 0; c < channels; ++c) {
     const T d = index[c] == at ? d_pooled[c] : T(0);
-    dy[c] = masked ? d * mask[c] : d;
+    dy[c] = masked ? d * T(mask[c]) : d;
   }
 }
 
@@ -864,7 +868,7 @@ inline void pooled_gradient_pixel(const T* __restrict__ d_pooled, const int64_t*
 // backward on dy as norm_bias_relu_backward_sample computes it.
 template <typename T, bool masked, typename Channels>
 void norm_bias_relu_pool_backward_sample(const T* __restrict__ d_pooled, const int64_t* __restrict__ index,
-                                         const T* __restrict__ f, const T* __restrict__ r, const T* __restrict__ mask,
+                                         const T* __restrict__ f, const T* __restrict__ r, const bool* __restrict__ mask,
                                          int64_t height, int64_t width, int64_t size, Channels channels,
                                          T* __restrict__ d_f, T* __restrict__ d_b, T* __restrict__ dot,
                                          T* __restrict__ scratch) {
@@ -886,7 +890,7 @@ std::vector<at::Tensor> norm_bias_relu_pool_backward(const at::Tensor& d_pooled,
   const at::Tensor grad = d_pooled.contiguous(kChannelsLast);
   check_unpool(grad, index, size);
   const bool masked = mask.numel() > 0;
-  if (masked) check_map(mask, "mask");
+  if (masked) check_mask(mask, f);
   const int64_t batch = f.size(0), channels = f.size(1), height = f.size(2), width = f.size(3);
   TORCH_CHECK(height == index.size(2) * size && width == index.size(3) * size, "f must be index's shape times size");
   at::Tensor d_f = at::empty_like(f, kChannelsLast);
@@ -903,7 +907,7 @@ std::vector<at::Tensor> norm_bias_relu_pool_backward(const at::Tensor& d_pooled,
         for (int64_t n = begin; n < end; ++n) {
           run(grad.const_data_ptr<T>() + n * pooled_plane, index.const_data_ptr<int64_t>() + n * pooled_plane,
               f.const_data_ptr<T>() + n * plane, r.const_data_ptr<T>() + n * channels,
-              masked ? mask.const_data_ptr<T>() + n * plane : nullptr, height, width, size, channels,
+              masked ? mask.const_data_ptr<bool>() + n * plane : nullptr, height, width, size, channels,
               d_f.mutable_data_ptr<T>() + n * plane, d_b.mutable_data_ptr<T>() + n * channels, dot.data(),
               scratch.data());
         }
