@@ -44,6 +44,18 @@ void check_mask(const at::Tensor& mask, const at::Tensor& map) {
   TORCH_CHECK(mask.sizes() == map.sizes(), "mask must have the shape of the map it masks");
 }
 
+// A bool mask's values as bytes (0/1): the kernels read and write masks through uint8_t,
+// whose conversion to float gcc vectorises (bool's it does not).
+uint8_t* mask_bytes(const at::Tensor& mask) { return reinterpret_cast<uint8_t*>(mask.data_ptr<bool>()); }
+
+// y * z for the mask value z that the kernel has just written, as the torch layers compute
+// f * mask: y, or a zero with y's sign. A select, which gcc vectorises next to the mask's
+// one-byte stores (the product with z converted to float it does not).
+template <typename T>
+inline T times_mask(T y, bool z) {
+  return z ? y : y * T(0);
+}
+
 // Calls kernel(channels) with the channel count as a compile-time constant
 // (std::integral_constant) for the counts of the registered networks, else as an int64_t.
 // The kernels' inner loops run over the channels of one NHWC pixel; with a fixed trip count
@@ -85,7 +97,7 @@ enum class Relu { none, plain, driven, driven_by_pooled };  // the last: norm_bi
 template <typename T, Relu relu, typename Channels>
 void norm_bias_relu_sample(const T* __restrict__ f, const T* __restrict__ bias, const T* __restrict__ drive,
                            int64_t pixels, Channels channels, double eps, T* __restrict__ r,
-                           T* __restrict__ out, bool* __restrict__ mask, T* __restrict__ scratch) {
+                           T* __restrict__ out, uint8_t* __restrict__ mask, T* __restrict__ scratch) {
   rms_scale(f, pixels, channels, eps, r, scratch);
   for (int64_t p = 0; p < pixels; ++p) {
     const int64_t o = p * channels;
@@ -99,7 +111,7 @@ void norm_bias_relu_sample(const T* __restrict__ f, const T* __restrict__ bias, 
       } else {
         const bool z = y * drive[o + c] > T(0);
         mask[o + c] = z;
-        out[o + c] = y * T(z);  // -0.0 where a negative y is masked, as f * mask
+        out[o + c] = times_mask(y, z);
       }
     }
   }
@@ -130,7 +142,7 @@ std::vector<at::Tensor> norm_bias_relu_forward(const at::Tensor& f, const at::Te
     const scalar_t* bp = b.const_data_ptr<scalar_t>();
     const scalar_t* gp = has_drive ? drive.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    bool* mp = relu ? mask.mutable_data_ptr<bool>() : nullptr;
+    uint8_t* mp = relu ? mask_bytes(mask) : nullptr;
     scalar_t* rp = r.mutable_data_ptr<scalar_t>();
     const int64_t plane = pixels * channels;
     with_channels(channels, [&](auto channels) {
@@ -156,7 +168,7 @@ namespace {
 // One sample of norm_bias_relu_backward; `masked` is false without a ReLU.
 template <typename T, bool masked, typename Channels>
 void norm_bias_relu_backward_sample(const T* __restrict__ d_out, const T* __restrict__ f, const T* __restrict__ r,
-                                    const bool* __restrict__ mask, int64_t pixels, Channels channels,
+                                    const uint8_t* __restrict__ mask, int64_t pixels, Channels channels,
                                     T* __restrict__ d_f, T* __restrict__ d_b, T* __restrict__ dot) {
   std::fill(d_b, d_b + channels, T(0));
   std::fill(dot, dot + channels, T(0));
@@ -196,7 +208,7 @@ std::vector<at::Tensor> norm_bias_relu_backward(const at::Tensor& d_out, const a
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     const scalar_t* fp = f.const_data_ptr<scalar_t>();
     const scalar_t* rp = r.const_data_ptr<scalar_t>();
-    const bool* mp = has_mask ? mask.const_data_ptr<bool>() : nullptr;
+    const uint8_t* mp = has_mask ? mask_bytes(mask) : nullptr;
     scalar_t* dfp = d_f.mutable_data_ptr<scalar_t>();
     scalar_t* dbp = d_b.mutable_data_ptr<scalar_t>();
     const int64_t plane = pixels * channels;
@@ -405,7 +417,7 @@ void for_each_window_pixel(int64_t height, int64_t width, int64_t size, Channels
 // __restrict__ and the channel loop vectorises without aliasing checks): u = g where index
 // chose this pixel, else 0; m = mask * u; sum += m^2.
 template <typename T, bool pooled, bool masked, typename Channels>
-inline void feedback_norm_pixel(const T* __restrict__ g, const int64_t* __restrict__ index, const bool* __restrict__ mask,
+inline void feedback_norm_pixel(const T* __restrict__ g, const int64_t* __restrict__ index, const uint8_t* __restrict__ mask,
                                 int64_t at, Channels channels, T* __restrict__ unpooled, T* __restrict__ masked_out,
                                 T* __restrict__ sum) {
   for (int64_t c = 0; c < channels; ++c) {
@@ -424,17 +436,22 @@ inline void feedback_norm_pixel(const T* __restrict__ g, const int64_t* __restri
 
 // One pixel of feedback_norm_backward_sample's second pass: the gradient wrt the norm's input,
 // plus the outputs' own gradients, through the mask, to g (at the chosen pixel if pooled).
+// `z` (channels values) takes the mask as T first: in one loop with the one-byte mask loads
+// and the int64 index, gcc picks 256-bit vectors for all of it and the pass ran 1.3x slower.
 template <typename T, bool pooled, bool masked, typename Channels>
 inline void feedback_norm_backward_pixel(const T* __restrict__ d_out, const T* __restrict__ out,
                                          const T* __restrict__ r, const T* __restrict__ dot,
-                                         const int64_t* __restrict__ index, const bool* __restrict__ mask,
+                                         const int64_t* __restrict__ index, const uint8_t* __restrict__ mask,
                                          const T* __restrict__ d_normed, const T* __restrict__ d_unpooled, int64_t at,
-                                         Channels channels, T* __restrict__ d_g) {
+                                         Channels channels, T* __restrict__ z, T* __restrict__ d_g) {
+  if constexpr (masked) {
+    for (int64_t c = 0; c < channels; ++c) z[c] = T(mask[c]);
+  }
   for (int64_t c = 0; c < channels; ++c) {
     T d = r[c] * (d_out[c] - out[c] * dot[c]);
     if (d_normed) d += d_normed[c];
     if constexpr (masked) {
-      d *= T(mask[c]);
+      d *= z[c];
       if (d_unpooled) d += d_unpooled[c];
     }
     if constexpr (pooled) {
@@ -451,7 +468,7 @@ inline void feedback_norm_backward_pixel(const T* __restrict__ d_out, const T* _
 // per-thread scratch where the caller does not keep them) and sums m^2; pass 2 scales m, which
 // is still in cache, by r = (mean m^2 + eps)^(-1/2). Without pooling u is g itself.
 template <typename T, bool pooled, bool masked, typename Channels>
-void feedback_norm_sample(const T* __restrict__ g, const int64_t* __restrict__ index, const bool* __restrict__ mask,
+void feedback_norm_sample(const T* __restrict__ g, const int64_t* __restrict__ index, const uint8_t* __restrict__ mask,
                           int64_t height, int64_t width, int64_t size, Channels channels, double eps,
                           T* __restrict__ unpooled, T* __restrict__ masked_out, T* __restrict__ out,
                           T* __restrict__ r, T* __restrict__ sum) {
@@ -471,13 +488,14 @@ void feedback_norm_sample(const T* __restrict__ g, const int64_t* __restrict__ i
 
 // One sample of feedback_norm_backward. `out` is the forward's output (the norm's, m r or
 // u r); d_normed and d_unpooled are the gradients of the forward's m / u outputs (nullptr
-// where unused). d_g is written at the chosen pixels (pooled) or everywhere.
+// where unused). d_g is written at the chosen pixels (pooled) or everywhere. dot and z:
+// channels values of scratch each.
 template <typename T, bool pooled, bool masked, typename Channels>
 void feedback_norm_backward_sample(const T* __restrict__ d_out, const T* __restrict__ out, const T* __restrict__ r,
-                                   const int64_t* __restrict__ index, const bool* __restrict__ mask,
+                                   const int64_t* __restrict__ index, const uint8_t* __restrict__ mask,
                                    const T* __restrict__ d_normed, const T* __restrict__ d_unpooled, int64_t height,
                                    int64_t width, int64_t size, Channels channels, T* __restrict__ d_g,
-                                   T* __restrict__ dot) {
+                                   T* __restrict__ dot, T* __restrict__ z) {
   const int64_t pixels = height * width;
   std::fill(dot, dot + channels, T(0));
   for (int64_t p = 0; p < pixels; ++p) {
@@ -487,7 +505,8 @@ void feedback_norm_backward_sample(const T* __restrict__ d_out, const T* __restr
   for_each_window_pixel(height, width, size, channels, [&](int64_t to, int64_t at, int64_t o) {
     feedback_norm_backward_pixel<T, pooled, masked>(
         d_out + o, out + o, r, dot, pooled ? index + to : nullptr, masked ? mask + o : nullptr,
-        d_normed ? d_normed + o : nullptr, d_unpooled ? d_unpooled + o : nullptr, at, channels, d_g + (pooled ? to : o));
+        d_normed ? d_normed + o : nullptr, d_unpooled ? d_unpooled + o : nullptr, at, channels, z,
+        d_g + (pooled ? to : o));
   });
 }
 
@@ -533,7 +552,7 @@ std::vector<at::Tensor> feedback_norm_forward(const at::Tensor& g, const at::Ten
       constexpr bool P = decltype(pooled_flag)::value, M = decltype(masked_flag)::value;
       const T* gp = g.const_data_ptr<T>();
       const int64_t* ip = P ? index.const_data_ptr<int64_t>() : nullptr;
-      const bool* mp = M ? mask.const_data_ptr<bool>() : nullptr;
+      const uint8_t* mp = M ? mask_bytes(mask) : nullptr;
       T* up = P && keep_unpooled ? unpooled.mutable_data_ptr<T>() : nullptr;  // nullptr: not kept
       T* mo = M && keep_masked ? masked_out.mutable_data_ptr<T>() : nullptr;
       T* op = out.mutable_data_ptr<T>();
@@ -579,14 +598,14 @@ at::Tensor feedback_norm_backward(const at::Tensor& d_out, const at::Tensor& out
       constexpr bool P = decltype(pooled_flag)::value, M = decltype(masked_flag)::value;
       with_channels(channels, [&](auto channels) {
         at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-          std::vector<T> dot(channels);
+          std::vector<T> dot(channels), z(channels);
           for (int64_t n = begin; n < end; ++n) {
             feedback_norm_backward_sample<T, P, M>(
                 grad.const_data_ptr<T>() + n * plane, out.const_data_ptr<T>() + n * plane,
                 r.const_data_ptr<T>() + n * channels, P ? index.const_data_ptr<int64_t>() + n * g_plane : nullptr,
-                M ? mask.const_data_ptr<bool>() + n * plane : nullptr, dn ? dn + n * plane : nullptr,
+                M ? mask_bytes(mask) + n * plane : nullptr, dn ? dn + n * plane : nullptr,
                 du ? du + n * plane : nullptr, height, width, pooled ? size : 1, channels,
-                d_g.mutable_data_ptr<T>() + n * (P ? g_plane : plane), dot.data());
+                d_g.mutable_data_ptr<T>() + n * (P ? g_plane : plane), dot.data(), z.data());
           }
         });
       });
@@ -724,7 +743,7 @@ template <typename T, Relu relu, bool first, typename Channels>
 inline void norm_bias_relu_pool_pixel(const T* __restrict__ f, const T* __restrict__ bias, const T* __restrict__ drive,
                                       const T* __restrict__ pooled_drive, const int64_t* __restrict__ drive_index,
                                       const T* __restrict__ r, const T* __restrict__ sign, int64_t at, Channels channels,
-                                      bool* __restrict__ mask, T* __restrict__ pooled, int64_t* __restrict__ index) {
+                                      uint8_t* __restrict__ mask, T* __restrict__ pooled, int64_t* __restrict__ index) {
   for (int64_t c = 0; c < channels; ++c) {
     const T y = f[c] * r[c] + bias[c];
     T v = y;
@@ -740,7 +759,7 @@ inline void norm_bias_relu_pool_pixel(const T* __restrict__ f, const T* __restri
       }
       const bool z = y * u > T(0);
       mask[c] = z;
-      v = y * T(z);
+      v = times_mask(y, z);
     }
     const T signed_v = sign[c] * v;
     if constexpr (first) {
@@ -761,7 +780,7 @@ template <typename T, Relu relu, typename Channels>
 void norm_bias_relu_pool_sample(const T* __restrict__ f, const T* __restrict__ bias, const T* __restrict__ drive,
                                 const int64_t* __restrict__ drive_index, const T* __restrict__ pool_drive,
                                 int64_t height, int64_t width, int64_t size, Channels channels, double eps,
-                                T* __restrict__ r, bool* __restrict__ mask,
+                                T* __restrict__ r, uint8_t* __restrict__ mask,
                                 T* __restrict__ pooled, int64_t* __restrict__ index, T* __restrict__ sign,
                                 T* __restrict__ scratch) {
   rms_scale(f, height * width, channels, eps, r, scratch);
@@ -826,7 +845,7 @@ std::vector<at::Tensor> norm_bias_relu_pool_forward(const at::Tensor& f, const a
     const T* dp = relu_driven ? relu_drive.const_data_ptr<T>() : nullptr;
     const int64_t* dip = relu_driven_by_pooled ? relu_drive_index.const_data_ptr<int64_t>() : nullptr;
     const T* pdp = pool_driven ? pool_drive.const_data_ptr<T>() : nullptr;
-    bool* mp = relu ? mask.mutable_data_ptr<bool>() : nullptr;
+    uint8_t* mp = relu ? mask_bytes(mask) : nullptr;
     T* rp = r.mutable_data_ptr<T>();
     T* pp = pooled.mutable_data_ptr<T>();
     int64_t* ip = index.mutable_data_ptr<int64_t>();
@@ -856,7 +875,7 @@ namespace {
 // pixel (else 0), times the ReLU mask.
 template <typename T, bool masked, typename Channels>
 inline void pooled_gradient_pixel(const T* __restrict__ d_pooled, const int64_t* __restrict__ index,
-                                  const bool* __restrict__ mask, int64_t at, Channels channels, T* __restrict__ dy) {
+                                  const uint8_t* __restrict__ mask, int64_t at, Channels channels, T* __restrict__ dy) {
   for (int64_t c = 0; c < channels; ++c) {
     const T d = index[c] == at ? d_pooled[c] : T(0);
     dy[c] = masked ? d * T(mask[c]) : d;
@@ -868,7 +887,7 @@ inline void pooled_gradient_pixel(const T* __restrict__ d_pooled, const int64_t*
 // backward on dy as norm_bias_relu_backward_sample computes it.
 template <typename T, bool masked, typename Channels>
 void norm_bias_relu_pool_backward_sample(const T* __restrict__ d_pooled, const int64_t* __restrict__ index,
-                                         const T* __restrict__ f, const T* __restrict__ r, const bool* __restrict__ mask,
+                                         const T* __restrict__ f, const T* __restrict__ r, const uint8_t* __restrict__ mask,
                                          int64_t height, int64_t width, int64_t size, Channels channels,
                                          T* __restrict__ d_f, T* __restrict__ d_b, T* __restrict__ dot,
                                          T* __restrict__ scratch) {
@@ -907,7 +926,7 @@ std::vector<at::Tensor> norm_bias_relu_pool_backward(const at::Tensor& d_pooled,
         for (int64_t n = begin; n < end; ++n) {
           run(grad.const_data_ptr<T>() + n * pooled_plane, index.const_data_ptr<int64_t>() + n * pooled_plane,
               f.const_data_ptr<T>() + n * plane, r.const_data_ptr<T>() + n * channels,
-              masked ? mask.const_data_ptr<bool>() + n * plane : nullptr, height, width, size, channels,
+              masked ? mask_bytes(mask) + n * plane : nullptr, height, width, size, channels,
               d_f.mutable_data_ptr<T>() + n * plane, d_b.mutable_data_ptr<T>() + n * channels, dot.data(),
               scratch.data());
         }
