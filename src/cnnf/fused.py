@@ -110,8 +110,9 @@ def accepts(*maps: Tensor | PooledDrive | None) -> bool:
     return available() and all(m is None or _kernel_map(m.pooled if isinstance(m, PooledDrive) else m) for m in maps)
 
 
-def _kernel_map(m: Tensor) -> bool:
-    return (m.dim() == 4 and m.device.type == "cpu" and m.dtype in (torch.float32, torch.float64)
+def _kernel_map(m: Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)) -> bool:
+    """A (B, C, H, W) channels-last map on CPU of one of `dtypes` (the kernels' feature maps by default)."""
+    return (m.dim() == 4 and m.device.type == "cpu" and m.dtype in dtypes
             and m.is_contiguous(memory_format=torch.channels_last))
 
 
@@ -121,11 +122,7 @@ def accepts_feedback(layers: Sequence[torch.nn.Module], g: Tensor, latents: Sequ
     own: bool masks and int64 pooling indices, channels-last, on CPU."""
     if any(layer.adaptive and z is None for layer, z in zip(layers, latents)):
         return False  # the layer-by-layer path raises the error that names the layer
-    return accepts(g) and all(
-        z.dim() == 4 and z.device.type == "cpu" and z.dtype in (torch.bool, torch.int64)
-        and z.is_contiguous(memory_format=torch.channels_last)
-        for z in latents if z is not None
-    )
+    return accepts(g) and all(_kernel_map(z, (torch.bool, torch.int64)) for z in latents if z is not None)
 
 
 def norm_bias_relu(f: Tensor, bias: Tensor | None, drive: Tensor | None, relu: bool, eps: float):
