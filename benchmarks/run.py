@@ -50,7 +50,7 @@ from cnnf.losses import LossWeights
 from cnnf.model import CNNF
 from cnnf.train import adam
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET_OVERHEAD = 1.2
 """The project's target: N iterations cost at most 1.2x what their MAC count predicts."""
@@ -70,6 +70,8 @@ MEMORY_METHOD = (
 )
 BUSY_LOAD = 0.5
 """A 1-minute load average above this at the start means other work shared the CPUs."""
+BUSY_STEAL = 0.05
+"""A share of steal time above this during the run means other virtual machines shared the cores."""
 
 FULL_DEFAULTS = {"batch": 128, "repeats": 5, "iterations": (0, 1, 2, 5), "matmul_size": 2048}
 QUICK_DEFAULTS = {"batch": 8, "repeats": 1, "iterations": (0, 1), "matmul_size": 512}
@@ -346,8 +348,10 @@ def measure_throughput(name: str, mode: str, ceiling: Ceiling, s: Settings) -> l
     for n in s.iterations:
         torch.manual_seed(0)
         model = cnnf.create_model(name, iterations=n)
+        start = cpu_counters()
         images_per_s, ceiling_rates = time_paired(make_step(model, s.batch), s.batch, ceiling, s, s.steps)
         row = throughput_row(n, count(model, n), images_per_s, ceiling_rates, base)
+        row["steal_fraction"] = steal_fraction(start, cpu_counters())
         base = row if n == 0 else base
         rows.append(row)
     return rows
@@ -371,6 +375,7 @@ def measure_attacks(name: str, ceiling: Ceiling, s: Settings) -> dict:
         try:
             model_fn = gradient_source(model, source)
             attack = replace(s, warmup=1)  # one untimed attack, then one attack per timed run
+            start = cpu_counters()
             images_per_s, ceiling_rates = time_paired(lambda: pgd(model_fn, x, y, ATTACK_EPS, ATTACK_STEPS), s.batch,
                                                       ceiling, attack, 1)
         except Exception as error:  # the attack API is still settling; keep the rest of the run
@@ -378,7 +383,7 @@ def measure_attacks(name: str, ceiling: Ceiling, s: Settings) -> dict:
             return result
         macs = attack_macs(model, iterations if source == "e2e" else 0)
         row = throughput_row(iterations, macs, images_per_s, ceiling_rates, None)
-        result["rows"].append({"source": source, **row})
+        result["rows"].append({"source": source, **row, "steal_fraction": steal_fraction(start, cpu_counters())})
     return result
 
 
@@ -488,12 +493,38 @@ def machine_facts(threads: int) -> dict:
     }
 
 
+CpuCounters = tuple[int, int]
+"""(steal, total) time of all CPUs since boot, in clock ticks (/proc/stat)."""
+
+
+def cpu_counters() -> CpuCounters | None:
+    """The CPUs' steal and total time from /proc/stat's first line, None where it is missing.
+    Steal time is time a virtual CPU was ready to run but the hypervisor ran another machine."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:9]]  # user .. steal
+    except (OSError, ValueError):
+        return None
+    return (ticks[7] if len(ticks) == 8 else 0), sum(ticks)
+
+
+def steal_fraction(start: CpuCounters | None, end: CpuCounters | None) -> float | None:
+    """The share of the CPUs' time stolen by the hypervisor between two `cpu_counters` readings."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    return (end[0] - start[0]) / (end[1] - start[1])
+
+
 def load_warnings(machine: dict) -> list[str]:
-    """Reasons not to trust the numbers: a busy machine, more threads than CPUs."""
+    """Reasons not to trust the numbers: a busy machine, a busy host, more threads than CPUs."""
     warnings = []
     load = machine["load_average_start"][0]
     if load > BUSY_LOAD:
         warnings.append(f"1-minute load average {load:.2f} at the start: other work was using the CPUs")
+    steal = machine.get("steal_fraction")
+    if steal is not None and steal > BUSY_STEAL:
+        warnings.append(f"{steal:.0%} of the CPUs' time was steal time (/proc/stat): the hypervisor ran other "
+                        "virtual machines on these cores, and rows with a high steal % ran slower than the machine can")
     if machine["threads"] > machine["cpus_available"]:
         warnings.append(f"{machine['threads']} threads on {machine['cpus_available']} available CPUs")
     return warnings
@@ -526,7 +557,7 @@ def slow_ceiling_warnings(report: dict) -> list[str]:
 def run_benchmarks(s: Settings) -> dict:
     """Every measurement of the suite, as one JSON-ready report."""
     torch.set_num_threads(s.threads)
-    started = time.perf_counter()
+    started, counters = time.perf_counter(), cpu_counters()
     report = {
         "schema_version": SCHEMA_VERSION,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -552,6 +583,7 @@ def run_benchmarks(s: Settings) -> dict:
             "allocator": measure_allocator(name, s),
         }
     report["machine"]["load_average_end"] = list(os.getloadavg())
+    report["machine"]["steal_fraction"] = steal_fraction(counters, cpu_counters())
     report["warnings"] = load_warnings(report["machine"]) + slow_ceiling_warnings(report)
     report["elapsed_s"] = time.perf_counter() - started
     if s.quick:
@@ -637,6 +669,7 @@ def machine_markdown(report: dict) -> list[str]:
         ("threads", str(m["threads"])),
         ("load average (1, 5, 15 min)",
          f"start {fmt_load(m['load_average_start'])}, end {fmt_load(m['load_average_end'])}"),
+        ("steal time, % of CPU time (the hypervisor running other machines)", fmt_share(m.get("steal_fraction"))),
         ("settings", f"batch {s['batch']}, {s['repeats']} runs x {s['steps']} steps after {s['warmup']} warm-up"
                      + (" (quick smoke run)" if s["quick"] else "")),
         ("layers", "fused C++ kernels (cnnf.fused)" if m.get("fused_kernels") else "torch layers (no fused kernels)"),
@@ -646,6 +679,11 @@ def machine_markdown(report: dict) -> list[str]:
     lines = ["## Machine", "", *table(("", ""), rows), ""]
     lines += [f"**Warning:** {w}" for w in report["warnings"]]
     return lines + ([""] if report["warnings"] else [])
+
+
+def fmt_share(fraction: float | None) -> str:
+    """A fraction in percent (the column or row says %), "–" where unknown (reports before schema 6)."""
+    return "–" if fraction is None else f"{100 * fraction:.0f}"
 
 
 def fmt_load(load: Sequence[float]) -> str:
@@ -671,7 +709,7 @@ def ceilings_markdown(report: dict) -> list[str]:
 
 def throughput_markdown(report: dict) -> list[str]:
     header = ("model", "mode", "N", "MMAC/img", "images/s", "GFLOP/s", "ceiling GFLOP/s", "% ceiling",
-              "time / N=0", "MAC / N=0", f"overhead (target ≤ {TARGET_OVERHEAD})")
+              "time / N=0", "MAC / N=0", f"overhead (target ≤ {TARGET_OVERHEAD})", "steal %")
     rows = []
     for name, result in report["models"].items():
         for mode in ("train", "inference"):
@@ -679,20 +717,21 @@ def throughput_markdown(report: dict) -> list[str]:
                 rows.append((name, mode, str(row["iterations"]), fmt(row["macs_per_image"] / 1e6),
                              fmt_stats(row["images_per_s"]), fmt(row["gflops"]), fmt_stats(row["ceiling_gflops"], 0),
                              fmt_percent(row["ceiling_fractions"]),
-                             fmt(row["time_ratio"], 2), fmt(row["mac_ratio"], 2), fmt(row["overhead"], 2)))
+                             fmt(row["time_ratio"], 2), fmt(row["mac_ratio"], 2), fmt(row["overhead"], 2),
+                             fmt_share(row.get("steal_fraction"))))
     title = f"## Throughput, batch {report['settings']['batch']} (images/s median [min–max])"
     return [title, "", *table(header, rows), ""]
 
 
 def attacks_markdown(report: dict) -> list[str]:
-    header = ("model", "gradients", "N", "MMAC/img", "images/s", "GFLOP/s", "ceiling GFLOP/s", "% ceiling")
+    header = ("model", "gradients", "N", "MMAC/img", "images/s", "GFLOP/s", "ceiling GFLOP/s", "% ceiling", "steal %")
     rows, notes = [], []
     for name, result in report["models"].items():
         attacks = result["attacks"]
         for row in attacks["rows"]:
             rows.append((name, row["source"], str(attacks["iterations"]), fmt(row["macs_per_image"] / 1e6),
                          fmt_stats(row["images_per_s"]), fmt(row["gflops"]), fmt_stats(row["ceiling_gflops"], 0),
-                         fmt_percent(row["ceiling_fractions"])))
+                         fmt_percent(row["ceiling_fractions"]), fmt_share(row.get("steal_fraction"))))
         if attacks["note"]:
             notes.append(f"- {name}: {attacks['note']}")
     title = f"## PGD-{ATTACK_STEPS} attack, eps {ATTACK_EPS} (images/s median [min–max])"

@@ -1,4 +1,5 @@
-"""benchmarks/run.py's ceiling kernels: the same convolution on inputs at several addresses."""
+"""benchmarks/run.py: the ceiling kernels (the same convolution on inputs at several addresses)
+and the steal time that tells a slow row on a shared virtual machine."""
 
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import torch
 import cnnf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from run import PLACEMENTS, conv_kernels, placed_copies  # noqa: E402
+from run import PLACEMENTS, conv_kernels, cpu_counters, load_warnings, placed_copies, steal_fraction  # noqa: E402
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
@@ -34,3 +35,21 @@ def test_ceiling_kernels_count_every_placement(monkeypatch):
     macs = 28 * 28 * 32 * 32 * 9  # conv4_mnist's largest convolution, per image
     assert kernels["forward"][1] == pytest.approx(PLACEMENTS * 2 * macs * 2 / 1e9)
     assert kernels["forward_backward"][1] == pytest.approx(3 * kernels["forward"][1])
+
+
+def test_steal_fraction_is_the_stolen_share_of_the_cpu_time_between_two_readings():
+    assert steal_fraction((10, 1000), (40, 1200)) == pytest.approx(0.15)
+    assert steal_fraction((10, 1000), (10, 1000)) is None  # no time passed
+    assert steal_fraction(None, (10, 1000)) is None  # no /proc/stat
+    if Path("/proc/stat").exists():
+        first = cpu_counters()
+        sum(range(10**6))
+        second = cpu_counters()
+        assert 0 <= first[0] <= first[1] and second[1] >= first[1] and second[0] >= first[0]
+
+
+def test_a_run_with_much_steal_time_is_flagged():
+    machine = {"load_average_start": [0.0, 0.0, 0.0], "threads": 2, "cpus_available": 2}
+    assert load_warnings({**machine, "steal_fraction": 0.01}) == []
+    assert load_warnings({**machine, "steal_fraction": None}) == []
+    assert any("steal time" in w for w in load_warnings({**machine, "steal_fraction": 0.2}))
