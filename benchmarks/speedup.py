@@ -54,7 +54,7 @@ import torch.nn.functional as F
 import cnnf
 from cnnf import fused, layers
 from cnnf.allocator import keep_freed_memory
-from run import inference_step, training_step
+from run import cpu_counters, fmt_share, inference_step, steal_fraction, training_step
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -149,13 +149,14 @@ def compare(switch: str, name: str, mode: str, iterations: int, batch: int, roun
     model = cnnf.create_model(name, iterations=iterations)
     step = (training_step if mode == "train" else inference_step)(model, batch)
     rates = {"on": [], "off": []}
+    start = cpu_counters()
     for round_ in range(rounds):
         for state in ("on", "off") if round_ % 2 == 0 else ("off", "on"):
             with contextlib.nullcontext() if state == "on" else SWITCHES[switch]():
                 rates[state].append(images_per_s(step, batch, steps))
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
     return {"model": name, "mode": mode, "iterations": iterations, "on": on, "off": off, "speedup": on / off,
-            "runs": rates}
+            "runs": rates, "steal_fraction": steal_fraction(start, cpu_counters())}
 
 
 def markdown(report: dict) -> str:
@@ -164,10 +165,10 @@ def markdown(report: dict) -> str:
              f"load average at start {', '.join(f'{v:.2f}' for v in report['load_average_start'])}; "
              f"median of {report['rounds']} interleaved rounds of {report['steps']} steps; "
              f"`python benchmarks/speedup.py --switch {report['switch']}`", "",
-             "| model | mode | N | on img/s | off img/s | speed-up |", "|---|---|---|---|---|---|"]
+             "| model | mode | N | on img/s | off img/s | speed-up | steal % |", "|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['model']} | {r['mode']} | {r['iterations']} | {r['on']:.1f} | {r['off']:.1f} "
-                     f"| {r['speedup']:.2f} |")
+                     f"| {r['speedup']:.2f} | {fmt_share(r.get('steal_fraction'))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -154,6 +154,7 @@ def test_adaptive_pool_equals_the_layer_on_ties_and_signed_zeros(driven, channel
     expected, expected_index = pool(y, drive)
     (expected * torch.arange(expected.numel()).view_as(expected)).sum().backward()
     assert torch.equal(pooled, expected) and torch.equal(index, expected_index)
+    assert index.dtype == expected_index.dtype == torch.int32  # torch.equal does not compare dtypes
     assert torch.equal(x.grad, y.grad)
 
 

@@ -120,6 +120,7 @@ def test_adapool_map_latent_hand_built():
     pool = layers.AdaPool(2, (2, 4))
     out, index = pool(f, drive)
     assert out.tolist() == [[[[4.0, -1.0]]]]  # max where g >= 0, min where g < 0
+    assert index.dtype == torch.int32 and index.tolist() == [[[[5, 3]]]]  # flat h * W + w in the plane
     back = pool.feedback(torch.tensor([[[[10.0, 20.0]]]]), index)
     assert back.tolist() == [[[[0.0, 0.0, 0.0, 20.0], [0.0, 10.0, 0.0, 0.0]]]]
 

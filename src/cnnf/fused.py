@@ -119,10 +119,10 @@ def _kernel_map(m: Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32, tor
 def accepts_feedback(layers: Sequence[torch.nn.Module], g: Tensor, latents: Sequence[Tensor | None]) -> bool:
     """Whether `run_feedback_segment` takes the run `layers`, g and their latents: every
     adaptive layer has its latent, g is as `accepts` wants, and the latents are the kernels'
-    own: bool masks and int64 pooling indices, channels-last, on CPU."""
+    own: bool masks and int32 pooling indices, channels-last, on CPU."""
     if any(layer.adaptive and z is None for layer, z in zip(layers, latents)):
         return False  # the layer-by-layer path raises the error that names the layer
-    return accepts(g) and all(_kernel_map(z, (torch.bool, torch.int64)) for z in latents if z is not None)
+    return accepts(g) and all(_kernel_map(z, (torch.bool, torch.int32)) for z in latents if z is not None)
 
 
 def norm_bias_relu(f: Tensor, bias: Tensor | None, drive: Tensor | None, relu: bool, eps: float):
@@ -195,7 +195,7 @@ class _NormBiasReLUPool(torch.autograd.Function):
 def adaptive_pool(f: Tensor, drive: Tensor | None, size: int) -> tuple[Tensor, Tensor]:
     """AdaPool over size x size windows: max where drive >= 0 (or without drive), min where
     drive < 0. f: (B, C, H, W) channels-last; drive: (B, C, H/size, W/size) or None.
-    Returns (pooled, flat index of the chosen pixel per (sample, channel) plane)."""
+    Returns (pooled, flat index (int32) of the chosen pixel per (sample, channel) plane)."""
     return _AdaptivePool.apply(f, _detached(drive), size)
 
 

@@ -239,8 +239,10 @@ class AdaReLU(FeedbackLayer):
 class AdaPool(FeedbackLayer):
     """AdaPool (eq. 3, 19) over non-overlapping r x r windows. First pass: max-pool. Driven by
     the pooled-resolution feedback g: max where g >= 0, min where g < 0, in one pooling pass
-    as s * maxpool(s * f) with s = sign(g) in {+1, -1}. Latent z_P: the flat index of the
-    chosen position in each window. Feedback: unpool g to the chosen positions."""
+    as s * maxpool(s * f) with s = sign(g) in {+1, -1}. Latent z_P: the flat index h * W + w of
+    the chosen position in each window, as F.max_pool2d returns it but in int32: half the bytes,
+    which the fused kernels write and read at every pass (benchmarks/README.md). Feedback:
+    unpool g to the chosen positions."""
 
     adaptive = True
 
@@ -253,7 +255,8 @@ class AdaPool(FeedbackLayer):
         if fused.accepts(f, drive):  # the spec ensures r divides H and W
             return fused.adaptive_pool(f, drive, self.size)
         if drive is None:
-            return F.max_pool2d(f, self.size, return_indices=True)
+            pooled, index = F.max_pool2d(f, self.size, return_indices=True)
+            return pooled, index.int()
         # +1 where g >= 0 (-0.0 included), else -1: sign(g) + 0.5 has the wanted sign. Four
         # times faster than ge(0).to(dtype) * 2 - 1 (bool -> float casts are slow on CPU).
         sign = drive.detach().sign().add_(0.5).sign_()
@@ -262,12 +265,12 @@ class AdaPool(FeedbackLayer):
         # every r x r window times its sign, by broadcasting (B, C, h, r, w, r) * (B, C, h, 1, w, 1)
         signed = (f.view(b, c, h, r, w, r) * sign.view(b, c, h, 1, w, 1)).view_as(f)
         pooled, index = F.max_pool2d(signed, r, return_indices=True)
-        return pooled * sign, index
+        return pooled * sign, index.int()
 
     def feedback(self, g: Tensor, latent: Latent) -> Tensor:
-        if fused.accepts(g) and latent.is_contiguous(memory_format=torch.channels_last):
+        if fused.accepts(g) and latent.dtype == torch.int32 and latent.is_contiguous(memory_format=torch.channels_last):
             return fused.unpool(g, latent, self.size)
-        return F.max_unpool2d(g, latent, self.size, output_size=self.input_size)
+        return F.max_unpool2d(g, latent.long(), self.size, output_size=self.input_size)
 
     def extra_repr(self) -> str:
         return f"size={self.size}"

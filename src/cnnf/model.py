@@ -25,7 +25,7 @@ from cnnf.inputs import check_features, check_images
 from cnnf.layers import Bias
 
 Latents = tuple[Tensor | None, ...]
-"""One entry per layer: the ReLU mask (bool) or pooling choice (flat index, int64), None elsewhere."""
+"""One entry per layer: the ReLU mask (bool) or pooling choice (flat index, int32), None elsewhere."""
 
 Drive = tuple[Tensor | fused.PooledDrive | None, ...]
 """One entry per layer: the feedback signal that arrived at that layer's output; from a drives-only

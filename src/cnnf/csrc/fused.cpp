@@ -25,12 +25,19 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
 namespace {
 
 constexpr auto kChannelsLast = at::MemoryFormat::ChannelsLast;
+
+// AdaPool's latent: the flat index h * W + w of the chosen pixel in its sample and channel's
+// (H, W) plane, as int32: half the bytes of torch's int64 pooling indices, and as wide as a
+// float, so that the comparisons with it vectorise in the same lanes as the float32 values.
+using Index = int32_t;
+constexpr auto kIndex = at::kInt;
 
 void check_map(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 4, name, " must be a (B, C, H, W) map, got ", t.dim(), " dimensions");
@@ -241,15 +248,15 @@ void signs_of(const T* __restrict__ g, Channels channels, T* __restrict__ sign) 
 // F.max_pool2d); writes f there (= s * max(s * f)) and its flat index h * width + w.
 template <typename T, typename Channels>
 void pool_window(const T* __restrict__ f, int64_t width, int64_t h0, int64_t w0, int64_t size, Channels channels,
-                 const T* __restrict__ sign, T* __restrict__ pooled, int64_t* __restrict__ index) {
+                 const T* __restrict__ sign, T* __restrict__ pooled, Index* __restrict__ index) {
   const T* first = f + (h0 * width + w0) * channels;
   for (int64_t c = 0; c < channels; ++c) {
     pooled[c] = sign[c] * first[c];
-    index[c] = h0 * width + w0;
+    index[c] = static_cast<Index>(h0 * width + w0);
   }
   for (int64_t i = 0; i < size; ++i) {
     for (int64_t j = (i == 0); j < size; ++j) {
-      const int64_t at = (h0 + i) * width + w0 + j;
+      const Index at = static_cast<Index>((h0 + i) * width + w0 + j);
       const T* px = f + at * channels;
       for (int64_t c = 0; c < channels; ++c) {
         const T v = sign[c] * px[c];
@@ -270,6 +277,8 @@ std::vector<at::Tensor> pooled_outputs(const at::Tensor& f, const at::Tensor& dr
   const int64_t batch = f.size(0), channels = f.size(1), height = f.size(2), width = f.size(3);
   TORCH_CHECK(size > 0 && height % size == 0 && width % size == 0, "the map's H and W must be multiples of ",
               size);
+  TORCH_CHECK(height * width <= std::numeric_limits<Index>::max(), "a ", height, "x", width,
+              " map has more pixels than an int32 pooling index can address");
   const int64_t out_h = height / size, out_w = width / size;
   if (drive.numel() > 0) {
     check_map(drive, drive_name);
@@ -277,26 +286,26 @@ std::vector<at::Tensor> pooled_outputs(const at::Tensor& f, const at::Tensor& dr
                     drive.size(3) == out_w, drive_name, " must have the pooled shape");
   }
   return {at::empty({batch, channels, out_h, out_w}, f.options(), kChannelsLast),
-          at::empty({batch, channels, out_h, out_w}, f.options().dtype(at::kLong), kChannelsLast)};
+          at::empty({batch, channels, out_h, out_w}, f.options().dtype(kIndex), kChannelsLast)};
 }
 
 // Checks shared by unpool_forward and unpool_backward: pooled-resolution maps, windows of `size`.
 void check_unpool(const at::Tensor& pooled, const at::Tensor& index, int64_t size) {
   check_map(pooled, "g");
   check_map(index, "index");
-  TORCH_CHECK(index.sizes() == pooled.sizes() && index.scalar_type() == at::kLong,
-              "index must be the int64 pooling choice of g's shape");
+  TORCH_CHECK(index.sizes() == pooled.sizes() && index.scalar_type() == kIndex,
+              "index must be the int32 pooling choice (an AdaPool latent) of g's shape");
   TORCH_CHECK(size > 0, "size must be positive");
 }
 
 // One window of unpool_forward (`gather` false): full[pixel] = g where index == pixel, else 0;
 // or of unpool_backward (`gather` true): g = full[index]. `full` is the sample's NHWC plane.
 template <typename T, bool gather, typename Channels>
-void unpool_window(T* __restrict__ g, const int64_t* __restrict__ index, T* __restrict__ full, int64_t width,
+void unpool_window(T* __restrict__ g, const Index* __restrict__ index, T* __restrict__ full, int64_t width,
                    int64_t h0, int64_t w0, int64_t size, Channels channels) {
   for (int64_t i = 0; i < size; ++i) {
     for (int64_t j = 0; j < size; ++j) {
-      const int64_t at = (h0 + i) * width + w0 + j;
+      const Index at = static_cast<Index>((h0 + i) * width + w0 + j);
       T* __restrict__ px = full + at * channels;
       for (int64_t c = 0; c < channels; ++c) {
         if constexpr (gather) {
@@ -319,7 +328,7 @@ void unpool_between(const at::Tensor& pooled, const at::Tensor& full, const at::
   AT_DISPATCH_FLOATING_TYPES(pooled.scalar_type(), "unpool", [&] {
     scalar_t* pp = pooled.data_ptr<scalar_t>();
     scalar_t* fp = full.data_ptr<scalar_t>();
-    const int64_t* ip = index.const_data_ptr<int64_t>();
+    const Index* ip = index.const_data_ptr<Index>();
     with_channels(channels, [&](auto channels) {
       at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
         for (int64_t row = begin; row < end; ++row) {
@@ -341,7 +350,7 @@ void unpool_between(const at::Tensor& pooled, const at::Tensor& full, const at::
 // channels-last or empty (plain max pooling). Per window: the max of f where g >= 0 (-0.0
 // included), the min where g < 0; ties and NaN resolve as F.max_pool2d does (first in scan
 // order; NaN wins). Returns (pooled, index): index is the flat h * W + w of the chosen pixel
-// in its (sample, channel) plane, int64, as F.max_pool2d(return_indices=True) gives.
+// in its (sample, channel) plane, as F.max_pool2d(return_indices=True) gives, in int32 (`Index`).
 std::vector<at::Tensor> adaptive_pool_forward(const at::Tensor& f, const at::Tensor& drive, int64_t size) {
   const auto outputs = pooled_outputs(f, drive, size, "drive");
   const at::Tensor &pooled = outputs[0], &index = outputs[1];
@@ -352,7 +361,7 @@ std::vector<at::Tensor> adaptive_pool_forward(const at::Tensor& f, const at::Ten
     const scalar_t* fp = f.const_data_ptr<scalar_t>();
     const scalar_t* gp = has_drive ? drive.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* pp = pooled.mutable_data_ptr<scalar_t>();
-    int64_t* ip = index.mutable_data_ptr<int64_t>();
+    Index* ip = index.mutable_data_ptr<Index>();
     with_channels(channels, [&](auto channels) {
       at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> sign(channels, scalar_t(1));
@@ -417,8 +426,8 @@ void for_each_window_pixel(int64_t height, int64_t width, int64_t size, Channels
 // __restrict__ and the channel loop vectorises without aliasing checks): u = g where index
 // chose this pixel, else 0; m = mask * u; sum += m^2.
 template <typename T, bool pooled, bool masked, typename Channels>
-inline void feedback_norm_pixel(const T* __restrict__ g, const int64_t* __restrict__ index, const uint8_t* __restrict__ mask,
-                                int64_t at, Channels channels, T* __restrict__ unpooled, T* __restrict__ masked_out,
+inline void feedback_norm_pixel(const T* __restrict__ g, const Index* __restrict__ index, const uint8_t* __restrict__ mask,
+                                Index at, Channels channels, T* __restrict__ unpooled, T* __restrict__ masked_out,
                                 T* __restrict__ sum) {
   for (int64_t c = 0; c < channels; ++c) {
     T v = g[c];
@@ -437,12 +446,12 @@ inline void feedback_norm_pixel(const T* __restrict__ g, const int64_t* __restri
 // One pixel of feedback_norm_backward_sample's second pass: the gradient wrt the norm's input,
 // plus the outputs' own gradients, through the mask, to g (at the chosen pixel if pooled).
 // `z` (channels values) takes the mask as T first: in one loop with the one-byte mask loads
-// and the int64 index, gcc picks 256-bit vectors for all of it and the pass ran 1.3x slower.
+// and the (then int64) index, gcc picked 256-bit vectors for all of it and the pass ran 1.3x slower.
 template <typename T, bool pooled, bool masked, typename Channels>
 inline void feedback_norm_backward_pixel(const T* __restrict__ d_out, const T* __restrict__ out,
                                          const T* __restrict__ r, const T* __restrict__ dot,
-                                         const int64_t* __restrict__ index, const uint8_t* __restrict__ mask,
-                                         const T* __restrict__ d_normed, const T* __restrict__ d_unpooled, int64_t at,
+                                         const Index* __restrict__ index, const uint8_t* __restrict__ mask,
+                                         const T* __restrict__ d_normed, const T* __restrict__ d_unpooled, Index at,
                                          Channels channels, T* __restrict__ z, T* __restrict__ d_g) {
   if constexpr (masked) {
     for (int64_t c = 0; c < channels; ++c) z[c] = T(mask[c]);
@@ -468,7 +477,7 @@ inline void feedback_norm_backward_pixel(const T* __restrict__ d_out, const T* _
 // per-thread scratch where the caller does not keep them) and sums m^2; pass 2 scales m, which
 // is still in cache, by r = (mean m^2 + eps)^(-1/2). Without pooling u is g itself.
 template <typename T, bool pooled, bool masked, typename Channels>
-void feedback_norm_sample(const T* __restrict__ g, const int64_t* __restrict__ index, const uint8_t* __restrict__ mask,
+void feedback_norm_sample(const T* __restrict__ g, const Index* __restrict__ index, const uint8_t* __restrict__ mask,
                           int64_t height, int64_t width, int64_t size, Channels channels, double eps,
                           T* __restrict__ unpooled, T* __restrict__ masked_out, T* __restrict__ out,
                           T* __restrict__ r, T* __restrict__ sum) {
@@ -492,7 +501,7 @@ void feedback_norm_sample(const T* __restrict__ g, const int64_t* __restrict__ i
 // channels values of scratch each.
 template <typename T, bool pooled, bool masked, typename Channels>
 void feedback_norm_backward_sample(const T* __restrict__ d_out, const T* __restrict__ out, const T* __restrict__ r,
-                                   const int64_t* __restrict__ index, const uint8_t* __restrict__ mask,
+                                   const Index* __restrict__ index, const uint8_t* __restrict__ mask,
                                    const T* __restrict__ d_normed, const T* __restrict__ d_unpooled, int64_t height,
                                    int64_t width, int64_t size, Channels channels, T* __restrict__ d_g,
                                    T* __restrict__ dot, T* __restrict__ z) {
@@ -551,7 +560,7 @@ std::vector<at::Tensor> feedback_norm_forward(const at::Tensor& g, const at::Ten
     with_flags(pooled, masked, [&](auto pooled_flag, auto masked_flag) {
       constexpr bool P = decltype(pooled_flag)::value, M = decltype(masked_flag)::value;
       const T* gp = g.const_data_ptr<T>();
-      const int64_t* ip = P ? index.const_data_ptr<int64_t>() : nullptr;
+      const Index* ip = P ? index.const_data_ptr<Index>() : nullptr;
       const uint8_t* mp = M ? mask_bytes(mask) : nullptr;
       T* up = P && keep_unpooled ? unpooled.mutable_data_ptr<T>() : nullptr;  // nullptr: not kept
       T* mo = M && keep_masked ? masked_out.mutable_data_ptr<T>() : nullptr;
@@ -602,7 +611,7 @@ at::Tensor feedback_norm_backward(const at::Tensor& d_out, const at::Tensor& out
           for (int64_t n = begin; n < end; ++n) {
             feedback_norm_backward_sample<T, P, M>(
                 grad.const_data_ptr<T>() + n * plane, out.const_data_ptr<T>() + n * plane,
-                r.const_data_ptr<T>() + n * channels, P ? index.const_data_ptr<int64_t>() + n * g_plane : nullptr,
+                r.const_data_ptr<T>() + n * channels, P ? index.const_data_ptr<Index>() + n * g_plane : nullptr,
                 M ? mask_bytes(mask) + n * plane : nullptr, dn ? dn + n * plane : nullptr,
                 du ? du + n * plane : nullptr, height, width, pooled ? size : 1, channels,
                 d_g.mutable_data_ptr<T>() + n * (P ? g_plane : plane), dot.data(), z.data());
@@ -741,9 +750,9 @@ namespace {
 // pixel, else 0, the same u without the map written.
 template <typename T, Relu relu, bool first, typename Channels>
 inline void norm_bias_relu_pool_pixel(const T* __restrict__ f, const T* __restrict__ bias, const T* __restrict__ drive,
-                                      const T* __restrict__ pooled_drive, const int64_t* __restrict__ drive_index,
-                                      const T* __restrict__ r, const T* __restrict__ sign, int64_t at, Channels channels,
-                                      uint8_t* __restrict__ mask, T* __restrict__ pooled, int64_t* __restrict__ index) {
+                                      const T* __restrict__ pooled_drive, const Index* __restrict__ drive_index,
+                                      const T* __restrict__ r, const T* __restrict__ sign, Index at, Channels channels,
+                                      uint8_t* __restrict__ mask, T* __restrict__ pooled, Index* __restrict__ index) {
   for (int64_t c = 0; c < channels; ++c) {
     const T y = f[c] * r[c] + bias[c];
     T v = y;
@@ -778,10 +787,10 @@ inline void norm_bias_relu_pool_pixel(const T* __restrict__ f, const T* __restri
 // `drive_index` (Relu::driven_by_pooled) is at the pooled resolution.
 template <typename T, Relu relu, typename Channels>
 void norm_bias_relu_pool_sample(const T* __restrict__ f, const T* __restrict__ bias, const T* __restrict__ drive,
-                                const int64_t* __restrict__ drive_index, const T* __restrict__ pool_drive,
+                                const Index* __restrict__ drive_index, const T* __restrict__ pool_drive,
                                 int64_t height, int64_t width, int64_t size, Channels channels, double eps,
                                 T* __restrict__ r, uint8_t* __restrict__ mask,
-                                T* __restrict__ pooled, int64_t* __restrict__ index, T* __restrict__ sign,
+                                T* __restrict__ pooled, Index* __restrict__ index, T* __restrict__ sign,
                                 T* __restrict__ scratch) {
   rms_scale(f, height * width, channels, eps, r, scratch);
   const int64_t pooled_width = width / size;
@@ -843,12 +852,12 @@ std::vector<at::Tensor> norm_bias_relu_pool_forward(const at::Tensor& f, const a
     const T* fp = f.const_data_ptr<T>();
     const T* bp = b.const_data_ptr<T>();
     const T* dp = relu_driven ? relu_drive.const_data_ptr<T>() : nullptr;
-    const int64_t* dip = relu_driven_by_pooled ? relu_drive_index.const_data_ptr<int64_t>() : nullptr;
+    const Index* dip = relu_driven_by_pooled ? relu_drive_index.const_data_ptr<Index>() : nullptr;
     const T* pdp = pool_driven ? pool_drive.const_data_ptr<T>() : nullptr;
     uint8_t* mp = relu ? mask_bytes(mask) : nullptr;
     T* rp = r.mutable_data_ptr<T>();
     T* pp = pooled.mutable_data_ptr<T>();
-    int64_t* ip = index.mutable_data_ptr<int64_t>();
+    Index* ip = index.mutable_data_ptr<Index>();
     with_channels(channels, [&](auto channels) {
       using C = decltype(channels);
       const auto run = variant == Relu::none     ? norm_bias_relu_pool_sample<T, Relu::none, C>
@@ -874,8 +883,8 @@ namespace {
 // One pixel of norm_bias_relu_pool_backward_sample: dy = d_pooled where the pool chose this
 // pixel (else 0), times the ReLU mask.
 template <typename T, bool masked, typename Channels>
-inline void pooled_gradient_pixel(const T* __restrict__ d_pooled, const int64_t* __restrict__ index,
-                                  const uint8_t* __restrict__ mask, int64_t at, Channels channels, T* __restrict__ dy) {
+inline void pooled_gradient_pixel(const T* __restrict__ d_pooled, const Index* __restrict__ index,
+                                  const uint8_t* __restrict__ mask, Index at, Channels channels, T* __restrict__ dy) {
   for (int64_t c = 0; c < channels; ++c) {
     const T d = index[c] == at ? d_pooled[c] : T(0);
     dy[c] = masked ? d * T(mask[c]) : d;
@@ -886,7 +895,7 @@ inline void pooled_gradient_pixel(const T* __restrict__ d_pooled, const int64_t*
 // and masked (dy, into the sample-sized `scratch`, which stays in cache), then the norm's
 // backward on dy as norm_bias_relu_backward_sample computes it.
 template <typename T, bool masked, typename Channels>
-void norm_bias_relu_pool_backward_sample(const T* __restrict__ d_pooled, const int64_t* __restrict__ index,
+void norm_bias_relu_pool_backward_sample(const T* __restrict__ d_pooled, const Index* __restrict__ index,
                                          const T* __restrict__ f, const T* __restrict__ r, const uint8_t* __restrict__ mask,
                                          int64_t height, int64_t width, int64_t size, Channels channels,
                                          T* __restrict__ d_f, T* __restrict__ d_b, T* __restrict__ dot,
@@ -924,7 +933,7 @@ std::vector<at::Tensor> norm_bias_relu_pool_backward(const at::Tensor& d_pooled,
       at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
         std::vector<T> dot(channels), scratch(plane);
         for (int64_t n = begin; n < end; ++n) {
-          run(grad.const_data_ptr<T>() + n * pooled_plane, index.const_data_ptr<int64_t>() + n * pooled_plane,
+          run(grad.const_data_ptr<T>() + n * pooled_plane, index.const_data_ptr<Index>() + n * pooled_plane,
               f.const_data_ptr<T>() + n * plane, r.const_data_ptr<T>() + n * channels,
               masked ? mask_bytes(mask) + n * plane : nullptr, height, width, size, channels,
               d_f.mutable_data_ptr<T>() + n * plane, d_b.mutable_data_ptr<T>() + n * channels, dot.data(),
