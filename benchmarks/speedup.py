@@ -31,8 +31,6 @@ Switches, and what runs when one is off:
                        every count at run time
     fused-adam         Adam's update as one fused kernel (`cnnf.train.adam`) off: torch's default
                        foreach form (training only)
-    onednn-linear      Linear's float32 product through oneDNN's matmul (`layers.linear`) off:
-                       F.linear (MKL)
 
 Writes benchmarks/results/speedup-<switch>-<date>-<time>.{json,md} and prints the table.
 """
@@ -127,7 +125,6 @@ SWITCHES = {
     "reconstruction-loss": lambda: mock.patch.object(fused, "accepts_squared_errors", lambda *args: False),
     "fixed-channels": fused.runtime_channel_counts,
     "fused-adam": lambda: mock.patch.object(torch.optim.Adam, "step", _foreach_adam_step),
-    "onednn-linear": lambda: mock.patch.object(layers, "linear", F.linear),
 }
 """Name: a context manager under which the optimisation is off."""
 

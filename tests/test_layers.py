@@ -48,24 +48,6 @@ def test_linear_adjoint_and_single_parameter():
     assert len(list(lin.parameters())) == 1
 
 
-def test_linear_in_float32_runs_onednn_with_the_values_and_gradients_of_f_linear():
-    if layers._ONEDNN_LINEAR is None:
-        pytest.skip("torch built without oneDNN")
-    torch.manual_seed(0)
-    lin = layers.Linear(300, 40).float()
-    f = torch.randn(16, 300, dtype=torch.float32, requires_grad=True)
-    d_out = torch.randn(16, 40, dtype=torch.float32)
-    out, _ = lin(f)
-    assert type(out.grad_fn).__name__ == "_OneDNNLinearBackward"
-    reference = F.linear(f, lin.weight)
-    assert torch.allclose(out, reference, rtol=1e-5, atol=1e-5)
-    gradients = torch.autograd.grad(out, (f, lin.weight), d_out)
-    for a, b in zip(gradients, torch.autograd.grad(reference, (f, lin.weight), d_out)):
-        assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
-    with torch.no_grad():
-        assert lin.double()(f.double())[0].dtype == torch.float64  # float64 runs F.linear (oneDNN has none)
-
-
 def test_pool_and_relu_adjoint_with_fixed_latents():
     f, drive = torch.randn(2, 3, 6, 6), torch.randn(2, 3, 3, 3)
     pool = layers.AdaPool(2, (6, 6))

@@ -21,9 +21,7 @@ PROBES = {  # switch: (model, the function its optimisation runs through)
     "norm-pool": ("conv4_mnist", (fused._NormBiasReLUPool, "apply")),
     "feedback": ("conv4_mnist", (fused, "run_feedback_segment")),
     "one-channel-conv": ("paper_mnist", (layers._ConvTransposeToOneChannel, "forward")),
-    "onednn-linear": ("conv4_mnist", (layers._OneDNNLinear, "forward")),
 }
-WITHOUT_KERNELS = {"one-channel-conv", "onednn-linear"}  # probes that do not need cnnf.fused
 
 
 def _calls(model, owner, name, monkeypatch):
@@ -68,10 +66,8 @@ def test_the_reconstruction_loss_switch_turns_the_fused_loss_off_only_inside(mon
 
 @pytest.mark.parametrize("switch", PROBES)
 def test_a_switch_turns_its_optimisation_off_only_inside(switch, monkeypatch):
-    if switch not in WITHOUT_KERNELS and not fused.available():
+    if switch != "one-channel-conv" and not fused.available():
         pytest.skip("fused kernels not built")
-    if switch == "onednn-linear" and layers._ONEDNN_LINEAR is None:
-        pytest.skip("torch built without oneDNN")
     name, (owner, function) = PROBES[switch]
     model = cnnf.create_model(name, iterations=1)
     assert _calls(model, owner, function, monkeypatch) > 0

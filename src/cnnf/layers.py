@@ -105,7 +105,7 @@ class Linear(FeedbackLayer):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's default
 
     def forward(self, f: Tensor, drive: Tensor | None = None) -> tuple[Tensor, Latent]:
-        return linear(f, self.weight), None
+        return F.linear(f, self.weight), None
 
     def feedback(self, g: Tensor, latent: Latent) -> Tensor:
         return g @ self.weight
@@ -113,39 +113,6 @@ class Linear(FeedbackLayer):
     def extra_repr(self) -> str:
         o, i = self.weight.shape
         return f"{i}, {o}"
-
-
-_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
-
-
-def linear(f: Tensor, weight: Tensor) -> Tensor:
-    """F.linear(f, weight) without bias: f (B, in) times weight (out, in) transposed, (B, out).
-    On CPU in float32 it runs as oneDNN's matrix product (`_OneDNNLinear`), elsewhere F.linear."""
-    cpu_float32 = f.device.type == "cpu" and f.dtype == weight.dtype == torch.float32
-    if _ONEDNN_LINEAR is not None and cpu_float32 and f.dim() == 2:
-        return _OneDNNLinear.apply(f, weight)
-    return F.linear(f, weight)
-
-
-class _OneDNNLinear(torch.autograd.Function):
-    """f @ weight.T through oneDNN's matmul (`torch.ops.mkldnn._linear_pointwise`, the op torch's
-    compiler uses on CPU), IEEE float32 like F.linear's MKL product, up to the order of the sums.
-    At batch 128, conv4_mnist's 3136 -> 1000 product ran 1.1-1.3x faster than MKL's
-    (benchmarks/README.md). The op has no autograd formula; the backward is F.linear's own two
-    products, d_f = d_out @ weight and d_weight = d_out.T @ f. First-order only."""
-
-    @staticmethod
-    def forward(ctx, f: Tensor, weight: Tensor) -> Tensor:
-        ctx.save_for_backward(f, weight)
-        return _ONEDNN_LINEAR(f, weight, None, "none", [], "")
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, d_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        f, weight = ctx.saved_tensors
-        d_f = d_out @ weight if ctx.needs_input_grad[0] else None
-        d_weight = d_out.t() @ f if ctx.needs_input_grad[1] else None
-        return d_f, d_weight
 
 
 class Bias(FeedbackLayer):
