@@ -183,13 +183,15 @@ Ceiling = tuple[Callable[[], object], float]
 """A ceiling kernel and its GFLOP per call."""
 
 
-def time_paired(fn: Callable[[], object], work: float, ceiling: Ceiling, s: Settings, calls: int) -> tuple[Stats, Stats]:
+def time_paired(fn: Callable[[], object], work: float, ceiling: Ceiling, s: Settings,
+                calls: int) -> tuple[Stats, Stats, float | None]:
     """Work per second of `fn` and GFLOP/s of the ceiling kernel, timed in turns: every timed
     run of `calls` calls of fn is followed by a run of the ceiling kernel, so both see the
     same moment of a shared host, whose speed drifts from minute to minute (measured: the
     same convolution at 161 and 228 GFLOP/s five minutes apart). Returns (fn's rates, the
-    ceiling's rates), run by run."""
+    ceiling's rates, run by run; the share of steal time while they ran)."""
     kernel, gflop = ceiling
+    start = cpu_counters()
     for _ in range(s.warmup):
         fn()
         kernel()
@@ -197,7 +199,7 @@ def time_paired(fn: Callable[[], object], work: float, ceiling: Ceiling, s: Sett
     for _ in range(s.repeats):
         rates.append(work / seconds_per_call(fn, 0, 1, calls)[0])
         ceilings.append(gflop / seconds_per_call(kernel, 0, 1, s.steps)[0])
-    return summarize(rates), summarize(ceilings)
+    return summarize(rates), summarize(ceilings), steal_fraction(start, cpu_counters())
 
 
 # --- Ceilings ----------------------------------------------------------------------------------
@@ -314,10 +316,11 @@ def inference_step(model: CNNF, batch: int) -> Callable[[], None]:
     return step
 
 
-def throughput_row(iterations: int, macs: int, images_per_s: Stats, ceiling: Stats, base: dict | None) -> dict:
+def throughput_row(iterations: int, macs: int, images_per_s: Stats, ceiling: Stats, steal: float | None,
+                   base: dict | None) -> dict:
     """A measurement with its achieved GFLOP/s, fraction of the ceiling measured run by run next
-    to it (the median of the per-run fractions) and, against the N = 0 row `base`, the measured
-    time ratio over the MAC ratio (1.0 = exactly as the MACs predict)."""
+    to it (the median of the per-run fractions), its steal time and, against the N = 0 row
+    `base`, the measured time ratio over the MAC ratio (1.0 = exactly as the MACs predict)."""
     gflops = 2 * macs * images_per_s["median"] / 1e9
     fractions = [2 * macs * r / 1e9 / c for r, c in zip(images_per_s["runs"], ceiling["runs"])]
     row = {
@@ -331,6 +334,7 @@ def throughput_row(iterations: int, macs: int, images_per_s: Stats, ceiling: Sta
         "time_ratio": None,
         "mac_ratio": None,
         "overhead": None,
+        "steal_fraction": steal,
     }
     if base is not None:
         row["time_ratio"] = base["images_per_s"]["median"] / images_per_s["median"]
@@ -348,10 +352,8 @@ def measure_throughput(name: str, mode: str, ceiling: Ceiling, s: Settings) -> l
     for n in s.iterations:
         torch.manual_seed(0)
         model = cnnf.create_model(name, iterations=n)
-        start = cpu_counters()
-        images_per_s, ceiling_rates = time_paired(make_step(model, s.batch), s.batch, ceiling, s, s.steps)
-        row = throughput_row(n, count(model, n), images_per_s, ceiling_rates, base)
-        row["steal_fraction"] = steal_fraction(start, cpu_counters())
+        timed = time_paired(make_step(model, s.batch), s.batch, ceiling, s, s.steps)
+        row = throughput_row(n, count(model, n), *timed, base)
         base = row if n == 0 else base
         rows.append(row)
     return rows
@@ -375,15 +377,12 @@ def measure_attacks(name: str, ceiling: Ceiling, s: Settings) -> dict:
         try:
             model_fn = gradient_source(model, source)
             attack = replace(s, warmup=1)  # one untimed attack, then one attack per timed run
-            start = cpu_counters()
-            images_per_s, ceiling_rates = time_paired(lambda: pgd(model_fn, x, y, ATTACK_EPS, ATTACK_STEPS), s.batch,
-                                                      ceiling, attack, 1)
+            timed = time_paired(lambda: pgd(model_fn, x, y, ATTACK_EPS, ATTACK_STEPS), s.batch, ceiling, attack, 1)
         except Exception as error:  # the attack API is still settling; keep the rest of the run
             result["note"] = f"stopped at source {source!r}: {type(error).__name__}: {error}"
             return result
         macs = attack_macs(model, iterations if source == "e2e" else 0)
-        row = throughput_row(iterations, macs, images_per_s, ceiling_rates, None)
-        result["rows"].append({"source": source, **row, "steal_fraction": steal_fraction(start, cpu_counters())})
+        result["rows"].append({"source": source, **throughput_row(iterations, macs, *timed, None)})
     return result
 
 

@@ -116,13 +116,18 @@ def _kernel_map(m: Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32, tor
             and m.is_contiguous(memory_format=torch.channels_last))
 
 
+def accepts_latents(*latents: Tensor | None) -> bool:
+    """Whether the kernels take these latents (None skipped): their own bool masks and int32
+    pooling indices, channels-last, on CPU."""
+    return all(z is None or _kernel_map(z, (torch.bool, torch.int32)) for z in latents)
+
+
 def accepts_feedback(layers: Sequence[torch.nn.Module], g: Tensor, latents: Sequence[Tensor | None]) -> bool:
     """Whether `run_feedback_segment` takes the run `layers`, g and their latents: every
-    adaptive layer has its latent, g is as `accepts` wants, and the latents are the kernels'
-    own: bool masks and int32 pooling indices, channels-last, on CPU."""
+    adaptive layer has its latent, g is as `accepts` wants, and `accepts_latents` takes them."""
     if any(layer.adaptive and z is None for layer, z in zip(layers, latents)):
         return False  # the layer-by-layer path raises the error that names the layer
-    return accepts(g) and all(_kernel_map(z, (torch.bool, torch.int32)) for z in latents if z is not None)
+    return accepts(g) and accepts_latents(*latents)
 
 
 def norm_bias_relu(f: Tensor, bias: Tensor | None, drive: Tensor | None, relu: bool, eps: float):

@@ -235,7 +235,7 @@ class AdaPool(FeedbackLayer):
         return pooled * sign, index.int()
 
     def feedback(self, g: Tensor, latent: Latent) -> Tensor:
-        if fused.accepts(g) and latent.dtype == torch.int32 and latent.is_contiguous(memory_format=torch.channels_last):
+        if fused.accepts(g) and fused.accepts_latents(latent):
             return fused.unpool(g, latent, self.size)
         return F.max_unpool2d(g, latent.long(), self.size, output_size=self.input_size)
 

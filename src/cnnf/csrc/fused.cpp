@@ -51,6 +51,11 @@ void check_mask(const at::Tensor& mask, const at::Tensor& map) {
   TORCH_CHECK(mask.sizes() == map.sizes(), "mask must have the shape of the map it masks");
 }
 
+// The AdaReLU mask a forward kernel writes for map f: bool like f, or size 0 without a ReLU.
+at::Tensor new_mask(const at::Tensor& f, bool relu) {
+  return relu ? at::empty_like(f, f.options().dtype(at::kBool), kChannelsLast) : at::empty({0}, f.options());
+}
+
 // A bool mask's values as bytes (0/1): the kernels read and write masks through uint8_t,
 // whose conversion to float gcc vectorises (bool's it does not).
 uint8_t* mask_bytes(const at::Tensor& mask) { return reinterpret_cast<uint8_t*>(mask.data_ptr<bool>()); }
@@ -139,7 +144,7 @@ std::vector<at::Tensor> norm_bias_relu_forward(const at::Tensor& f, const at::Te
   }
   const int64_t batch = f.size(0), channels = f.size(1), pixels = f.size(2) * f.size(3);
   at::Tensor out = at::empty_like(f, kChannelsLast);
-  at::Tensor mask = relu ? at::empty_like(f, f.options().dtype(at::kBool), kChannelsLast) : at::empty({0}, f.options());
+  at::Tensor mask = new_mask(f, relu);
   at::Tensor r = at::empty({batch, channels}, f.options());
   // without a bias, add zeros: one code path, and the add costs nothing next to the memory traffic
   const at::Tensor b = has_bias ? bias.contiguous() : at::zeros({channels}, f.options());
@@ -839,7 +844,7 @@ std::vector<at::Tensor> norm_bias_relu_pool_forward(const at::Tensor& f, const a
     TORCH_CHECK(pool_driven, "relu_drive_index needs the pool_drive it unpools");
     check_unpool(pool_drive, relu_drive_index, size);
   }
-  at::Tensor mask = relu ? at::empty_like(f, f.options().dtype(at::kBool), kChannelsLast) : at::empty({0}, f.options());
+  at::Tensor mask = new_mask(f, relu);
   at::Tensor r = at::empty({batch, channels}, f.options());
   const at::Tensor b = bias.numel() > 0 ? bias.contiguous() : at::zeros({channels}, f.options());
   const Relu variant = !relu                  ? Relu::none
