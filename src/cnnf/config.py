@@ -12,6 +12,9 @@ from pathlib import Path
 import yaml
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the key and the fix."""
 
@@ -31,7 +34,9 @@ class TrainConfig:
     train_subset: int | None = None     # use only the first n shuffled training images
     epochs: int = 30
     batch_size: int = 128               # the paper is silent; 128 is the released code's default
-    lr: float = 1e-3                    # Adam
+    lr: float = 1e-3                    # Adam; the peak learning rate
+    lr_schedule: str = "constant"       # "constant" (the paper names none) | "cosine": decay
+                                        # per step from lr to 0 over all epochs
     weight_decay: float = 5e-4
     alpha_ce: float = 1.0
     alpha_rec: float = 0.1
@@ -69,9 +74,19 @@ class TrainConfig:
             raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
         if not (0 < self.lr < math.inf):
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of global step `step` (0-based) under `config.lr_schedule`."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    progress = step / (config.epochs * steps_per_epoch)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:

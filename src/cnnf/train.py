@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from cnnf import checkpoint
 from cnnf.accuracy import accuracy_per_iteration
-from cnnf.config import ConfigError, TrainConfig, load_config, save_config
+from cnnf.config import ConfigError, TrainConfig, learning_rate, load_config, save_config
 from cnnf.data import ImageSet, load_dataset, train_val_split
 from cnnf.losses import LossWeights
 from cnnf.model import CNNF
@@ -126,6 +126,8 @@ def _train_epoch(run_dir, config, model, optimizer, step_fn, train_set, position
                disable=not sys.stderr.isatty(), leave=False)
     model.train()
     for x, y in batches:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, position["global_step"] + position["step"], n_batches)
         start = time.perf_counter()
         result = step_fn(x, y)
         totals["seconds"] += time.perf_counter() - start
