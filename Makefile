@@ -12,12 +12,12 @@ MNIST := $(HOME)/.cache/cnnf/mnist/mnist.pkl.gz
 setup: $(STAMP) $(FASHION) $(MNIST)
 
 # torch==2.13.0 first: pip takes the CPU wheel from local disk (a plain `torch` pulls CUDA).
-$(STAMP): pyproject.toml src/cnnf/csrc/fused.cpp
+$(STAMP): pyproject.toml src/cnnf/fast/csrc/fused.cpp
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps torchattacks==3.5.1
-	$(BIN)/python -c 'from cnnf import fused; fused.build()'  # the C++ kernels (about two minutes)
+	$(BIN)/python -c 'from cnnf.fast import kernels; kernels.build()'  # the C++ kernels (about two minutes)
 	touch $(STAMP)
 
 $(FASHION):

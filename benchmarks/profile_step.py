@@ -13,7 +13,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import cnnf
-from cnnf.allocator import keep_freed_memory
+from cnnf.fast.allocator import keep_freed_memory
 from run import inference_step, training_step
 
 

@@ -15,7 +15,7 @@ What is measured (see benchmarks/README.md for how to read the results):
     attacks     PGD-7 images/s, end to end through the N-iteration model and from the first pass
     memory      peak RSS of a training step, in a fresh subprocess per (model, N)
     allocator   inference images/s in fresh processes with glibc's malloc defaults and with
-                cnnf.allocator.keep_freed_memory() (which the rest of the run uses, as `cnnf` does)
+                cnnf.fast.allocator.keep_freed_memory() (which the rest of the run uses, as `cnnf` does)
 
 Each throughput is turned into achieved GFLOP/s with an analytic multiply-accumulate (MAC)
 count, compared with the matching ceiling, and the cost of N iterations is compared with what
@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 
 import cnnf
-from cnnf import fused, steps
-from cnnf.allocator import keep_freed_memory
+from cnnf import steps
+from cnnf.fast import kernels
+from cnnf.fast.allocator import keep_freed_memory
 from cnnf.layers import Conv2d, Linear
 from cnnf.losses import LossWeights
 from cnnf.model import CNNF
@@ -59,7 +60,7 @@ ATTACK_EPS = 0.3
 """L-infinity radius in [0, 1] pixel units (the usual MNIST budget)."""
 ATTACK_SOURCES = ("e2e", "first")
 MALLOC_MODES = ("default", "kept")
-"""glibc's malloc as it starts, and after cnnf.allocator.keep_freed_memory()."""
+"""glibc's malloc as it starts, and after cnnf.fast.allocator.keep_freed_memory()."""
 MEMORY_PROBE_STEPS = 2
 """Training steps a memory probe runs (see `memory_probe`)."""
 MEMORY_METHOD = (
@@ -93,7 +94,7 @@ class Settings:
     models: tuple[str, ...]
     matmul_size: int
     quick: bool
-    keep_freed_memory: bool = False  # cnnf.allocator.keep_freed_memory() was applied (as `cnnf` does)
+    keep_freed_memory: bool = False  # cnnf.fast.allocator.keep_freed_memory() was applied (as `cnnf` does)
 
     @property
     def calls(self) -> int:
@@ -457,7 +458,7 @@ def allocator_probe(name: str, iterations: int, malloc: str, s: Settings) -> dic
 
 def measure_allocator(name: str, s: Settings) -> dict:
     """Inference at the largest N in two fresh processes: glibc's malloc defaults, then
-    cnnf.allocator.keep_freed_memory(). This process cannot show the difference: the
+    cnnf.fast.allocator.keep_freed_memory(). This process cannot show the difference: the
     ceilings' large blocks have already raised glibc's adaptive mmap threshold here."""
     n = max(s.iterations)
     rows = [{"malloc": m, **run_probe(["--allocator-probe", name, str(n), m], s)} for m in MALLOC_MODES]
@@ -488,7 +489,8 @@ def machine_facts(threads: int) -> dict:
         "threads": threads,
         "torch_threads": torch.get_num_threads(),
         "load_average_start": list(os.getloadavg()),
-        "fused_kernels": fused.available(),
+        "backend": cnnf.get_backend(),
+        "fused_kernels": kernels.available(),
     }
 
 
@@ -671,8 +673,8 @@ def machine_markdown(report: dict) -> list[str]:
         ("steal time, % of CPU time (the hypervisor running other machines)", fmt_share(m.get("steal_fraction"))),
         ("settings", f"batch {s['batch']}, {s['repeats']} runs x {s['steps']} steps after {s['warmup']} warm-up"
                      + (" (quick smoke run)" if s["quick"] else "")),
-        ("layers", "fused C++ kernels (cnnf.fused)" if m.get("fused_kernels") else "torch layers (no fused kernels)"),
-        ("malloc", "freed memory kept (cnnf.allocator)" if s.get("keep_freed_memory", False) else "allocator defaults"),
+        ("backend", f"{m.get('backend', 'fast')}" + (", fused C++ kernels (cnnf.fast)" if m.get("fused_kernels") else ", no fused kernels")),
+        ("malloc", "freed memory kept (cnnf.fast.allocator)" if s.get("keep_freed_memory", False) else "allocator defaults"),
         ("elapsed", f"{report['elapsed_s']:.0f} s"),
     ]
     lines = ["## Machine", "", *table(("", ""), rows), ""]
@@ -761,7 +763,7 @@ def allocator_markdown(report: dict) -> list[str]:
         rows.append((name, str(result["allocator"]["iterations"]), fmt_stats(default) if default else "failed",
                      fmt_stats(kept) if kept else "failed", speedup))
     note = ("Inference, each in a fresh process (as a `cnnf` command runs); `cnnf` and this benchmark "
-            "call `cnnf.allocator.keep_freed_memory()`.")
+            "call `cnnf.fast.allocator.keep_freed_memory()`.")
     return ["## Allocator: inference in a fresh process", "", *table(header, rows), "", note, ""]
 
 

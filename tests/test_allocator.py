@@ -1,4 +1,4 @@
-"""cnnf.allocator: freed feature maps stay in the process (no page faults on the next step)."""
+"""cnnf.fast.allocator: freed feature maps stay in the process (no page faults on the next step)."""
 
 import platform
 import subprocess
@@ -10,7 +10,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc
 
 PROBE = """
 import sys, torch
-from cnnf.allocator import keep_freed_memory
+from cnnf.fast.allocator import keep_freed_memory
 if sys.argv[1] == "kept":
     assert keep_freed_memory()
 def rss_mb():

@@ -1,14 +1,20 @@
-"""CNN-F model invariants (DESIGN.md section 5) and the registry contract."""
+"""CNN-F model invariants (docs/DESIGN.md section 5) and the registry contract, on both backends."""
 
 import pytest
 import torch
 from torch import nn
 
 import cnnf
-from cnnf import fused, layers
+from cnnf import layers
 from cnnf.losses import LossWeights, cnnf_loss
 
 pytestmark = pytest.mark.usefixtures("float64")
+
+
+@pytest.fixture(autouse=True, params=cnnf.backend.BACKENDS)
+def each_backend(request):
+    with cnnf.use_backend(request.param):
+        yield request.param
 
 MODELS = cnnf.list_models()
 
@@ -81,16 +87,14 @@ def test_identity_test_rejects_the_literal_eq3_adarelu(monkeypatch):
 
 
 def _plain_cnn(model):
-    """The same network written with torch.nn's standard modules, sharing the weights. The
-    library keeps feature maps channels-last (`layers.channels_last`), so this CNN computes
-    in the same memory layout; results may differ in the last bit between layouts."""
+    """The same network written with torch.nn's standard modules, sharing the weights."""
     modules = []
     for layer in model.layers:
         if isinstance(layer, layers.Conv2d):
             o, i, k, _ = layer.weight.shape
             conv = nn.Conv2d(i, o, k, padding=layer.padding, bias=False)
             conv.weight = layer.weight
-            modules += [conv, _ChannelsLast()]
+            modules.append(conv)
         elif isinstance(layer, layers.Linear):
             lin = nn.Linear(layer.weight.shape[1], layer.weight.shape[0], bias=False)
             lin.weight = layer.weight
@@ -106,11 +110,6 @@ def _plain_cnn(model):
         else:
             modules.append(nn.Flatten())
     return nn.Sequential(*modules)
-
-
-class _ChannelsLast(nn.Module):
-    def forward(self, x):
-        return x.contiguous(memory_format=torch.channels_last)
 
 
 class _RMS(nn.Module):
@@ -131,35 +130,27 @@ class _AddBias(nn.Module):
         return x + self.layer.broadcast()
 
 
+# float64 round-off: the backends and torch.nn sum in different orders (and layouts)
+ROUND_OFF = {"rtol": 1e-12, "atol": 1e-13}
+
+
 @pytest.mark.parametrize("name", MODELS)
-def test_zero_iterations_is_the_plain_cnn_bit_for_bit(name, monkeypatch):
-    """Bit for bit with the layers' torch code. The compiled kernels (`cnnf.fused`) sum the
-    norm's H x W values in another order, so with them N = 0 equals the CNN to float rounding
-    (next test; tests/test_fast_paths.py pins kernels against torch in float64)."""
-    monkeypatch.setattr(fused, "accepts", lambda *maps: False)
+def test_zero_iterations_is_the_plain_cnn(name):
     model, x = _model(name, iterations=0), _images()
     with torch.no_grad():
-        assert torch.equal(model(x), _plain_cnn(model)(x))
+        assert torch.allclose(model(x), _plain_cnn(model)(x), **ROUND_OFF)
         run = model.infer(x)
     assert len(run.logits) == 1 and run.feedbacks == [] and run.iterations_used.tolist() == [0, 0, 0]
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_zero_iterations_is_the_plain_cnn_with_the_kernels(name):
-    model, x = _model(name, iterations=0), _images()
-    with torch.no_grad():
-        assert torch.allclose(model(x), _plain_cnn(model)(x), rtol=1e-5, atol=1e-5)
-
-
-
 def test_plain_cnn_reference_is_sensitive_to_the_nonlinearity():
-    """The bit-for-bit comparison above can fail: swapping max- for avg-pooling changes it."""
+    """The comparison above can fail: swapping max- for avg-pooling changes it."""
     model, x = _model("paper_mnist"), _images()
     reference = _plain_cnn(model)
-    assert isinstance(reference[9], nn.MaxPool2d)
-    reference[9] = nn.AvgPool2d(2)
+    assert isinstance(reference[7], nn.MaxPool2d)
+    reference[7] = nn.AvgPool2d(2)
     with torch.no_grad():
-        assert not torch.equal(model(x), reference(x))
+        assert not torch.allclose(model(x), reference(x), **ROUND_OFF)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -196,24 +187,19 @@ def test_infer_matches_the_explicit_algorithm():
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_drives_only_keeps_what_the_next_pass_reads(name):
-    """drives_only: the same features and drives (bit for bit), no other signals, and the
-    consumers of the other signals (eta, the norm-matching loss) refuse instead of summing None."""
+def test_signals_are_kept_only_when_asked(name):
+    """infer keeps the feedback signals only with keep_activations (the fast backend then
+    computes only the drives); the logits are the same either way, and the consumers of the
+    signals (eta, the norm-matching loss) refuse a trajectory without them."""
     model, x = _model(name, iterations=2), _images()
-    logits, latents = model.feedforward(x)
-    full, lean = model.feedback(logits, latents), model.feedback(logits, latents, drives_only=True)
-    assert torch.equal(lean.features, full.features)
-    for layer, kept, signal in zip(model.layers, full.signals, lean.signals):
-        assert (signal is None) if not layer.adaptive or kept is None else torch.equal(fused.as_map(signal), kept)
-    assert any(s is not None for s in lean.signals)
-    with pytest.raises(ValueError, match="drives_only=False"):
-        model.eta(lean)
-    lean_logits, logits = model.infer(x, drives_only=True).logits, model.infer(x).logits
-    assert len(lean_logits) == 3 and all(torch.equal(a, b) for a, b in zip(lean_logits, logits))
-    run = model.infer(x, keep_activations=True, drives_only=True)  # layer by layer: PooledDrives written as maps
-    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(run.logits, logits))
-    with pytest.raises(ValueError, match="drives_only=False"):
-        cnnf_loss(model, run, torch.tensor([0, 1, 2]), weights=LossWeights(norm=0.1))
+    lean, full = model.infer(x), model.infer(x, keep_activations=True)
+    assert all(fb.signals is None for fb in lean.feedbacks) and lean.activations is None
+    assert all(len(fb.signals) == len(model.layers) for fb in full.feedbacks)
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(lean.logits, full.logits))
+    with pytest.raises(ValueError, match="keep_activations=True"):
+        model.eta(lean.feedbacks[0])
+    with pytest.raises(ValueError, match="keep_activations=True"):
+        cnnf_loss(model, lean, torch.tensor([0, 1, 2]), weights=LossWeights(norm=0.1))
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -295,6 +281,7 @@ def test_weights_are_tied_between_directions():
         (torch.full((2, 1, 28, 28), float("nan")), "NaN"),
         (torch.full((2, 1, 28, 28), 255.0), "[-1, 1]"),
         ([[0.0]], "torch.Tensor"),
+        (torch.zeros(0, 1, 28, 28), "at least one sample"),
     ],
 )
 def test_input_checks(x, message):

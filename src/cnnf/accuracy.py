@@ -17,7 +17,7 @@ def accuracy_per_iteration(model: CNNF, images: ImageSet, iterations: int, batch
     correct = {mode: torch.zeros(iterations + 1, dtype=torch.float64) for mode in ("last", "average")}
     steps = torch.arange(1, iterations + 2).view(-1, 1, 1)
     for x, y in images.batches(batch_size):
-        logits = torch.stack(model.infer(x, iterations=iterations, drives_only=True).logits)  # (N + 1, B, classes)
+        logits = torch.stack(model.infer(x, iterations=iterations).logits)  # (N + 1, B, classes)
         outputs = {"last": logits, "average": logits.cumsum(0) / steps}
         for mode, scores in outputs.items():
             correct[mode] += (scores.argmax(-1) == y).sum(1)

@@ -12,7 +12,7 @@ import yaml
 
 from cnnf import checkpoint
 from cnnf.accuracy import accuracy_per_iteration
-from cnnf.allocator import keep_freed_memory
+from cnnf.fast.allocator import keep_freed_memory
 from cnnf.attacks import TARGETS, parse_attacks
 from cnnf.config import ConfigError, load_config
 from cnnf.data import DataError, load_dataset
@@ -28,7 +28,7 @@ USER_ERRORS = (ConfigError, DataError, checkpoint.CheckpointError, RunFolderErro
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    keep_freed_memory()  # faster CPU steps in a fresh process; see cnnf.allocator
+    keep_freed_memory()  # faster CPU steps in a fresh process; see cnnf.fast.allocator
     try:
         return args.handler(args)
     except USER_ERRORS as error:

@@ -149,7 +149,7 @@ def _batch_flags(model: CNNF, x: torch.Tensor, y: torch.Tensor, sweep: Sweep, ad
         generator = torch.Generator().manual_seed(seed * 1_000_003 + batch)
         x = spec.run(model_fn, x, y, eps, generator, early_stop=_early_stop(sweep, spec, model_fn.target))
     with torch.inference_mode():
-        logits = torch.stack(model.infer(x, iterations=max(sweep.iterations), drives_only=True).logits)  # (N + 1, B, classes)
+        logits = torch.stack(model.infer(x, iterations=max(sweep.iterations)).logits)  # (N + 1, B, classes)
     flags = {}
     for t in sweep.iterations:
         outputs = {"last": logits[t], "average": logits[: t + 1].mean(0)}

@@ -37,7 +37,9 @@ def check_images(x: object, shape: tuple[int, ...]) -> Tensor:
 
 
 def check_features(x: Tensor) -> Tensor:
-    """Check that `x` is a floating-point tensor without NaN or inf."""
+    """Check that `x` is a non-empty batch of floating-point values without NaN or inf."""
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"expected a batch of at least one sample, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"expected a floating-point tensor, got dtype {x.dtype}; convert with x.float()")
     if not torch.isfinite(x.detach()).all():

@@ -1,4 +1,4 @@
-"""Training losses of CNN-F (paper Table 1, appendix B.1; DESIGN.md section 4).
+"""Training losses of CNN-F (paper Table 1, appendix B.1; docs/DESIGN.md section 4).
 
 Each term is computed at every step and averaged over steps (as the released code does, so
 the loss scale does not grow with N):
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cnnf import fused
+from cnnf import backend, fast
 from cnnf.layers import Bias
 from cnnf.model import CNNF, Inference, Latents
 
@@ -55,8 +55,8 @@ def cnnf_loss(
         terms["cll"] = _mean(F.cross_entropy(class_energies(model, z), labels) for z in run.latents[:-1])
     terms["norm"] = zero
     if weights.norm and run.feedbacks:
-        if run.activations is None or any(fb.drives_only for fb in run.feedbacks):
-            raise ValueError("the norm-matching loss needs model.infer(x, keep_activations=True, drives_only=False)")
+        if run.activations is None:
+            raise ValueError("the norm-matching loss needs model.infer(x, keep_activations=True)")
         terms["norm"] = _mean(_norm_gap(model, a, fb.signals) for a, fb in zip(run.activations, run.feedbacks))
     coefficients = asdict(weights)
     total = sum(coefficients[name] * value for name, value in terms.items())
@@ -84,22 +84,10 @@ def _norm_gap(model: CNNF, activations: tuple, signals: tuple) -> Tensor:
 
 
 def reconstruction_error(reconstructions: list[Tensor], target: Tensor) -> Tensor:
-    """The rec term: mean over steps of F.mse_loss(g_t, target), a scalar. With the fused
-    kernels, one sweep over the maps forward and one backward (tests/test_fast_paths.py)."""
-    if fused.accepts_squared_errors(reconstructions, target):
-        return fused.mean_squared_errors(reconstructions, target)
-    return _mean(_mean_squared_error(g, target) for g in reconstructions)
-
-
-def _mean_squared_error(g: Tensor, target: Tensor) -> Tensor:
-    """F.mse_loss(g, target), with (B, C, H, W) maps compared as (B, H, W, C) views. The value
-    is the same; the gradient then has the maps' channels-last layout: F.mse_loss returns a
-    gradient in the standard layout of its input, and an NCHW gradient would be copied to
-    channels-last by the layers below (and added slowly to their own channels-last one). One
-    channel (the pixels) is the same memory in both orders, and is left as it is."""
-    if g.dim() == 4 and g.shape[1] > 1:
-        g, target = g.permute(0, 2, 3, 1), target.permute(0, 2, 3, 1)
-    return F.mse_loss(g, target)
+    """The rec term: mean over steps of F.mse_loss(g_t, target), a scalar."""
+    if backend.is_fast():
+        return fast.reconstruction_error(reconstructions, target)
+    return _mean(F.mse_loss(g, target) for g in reconstructions)
 
 
 def _mean(values) -> Tensor:

@@ -1,6 +1,6 @@
 """CNN-F: a CNN whose generative feedback (the DGM) drives iterative inference (Algorithm 1).
 
-Notation (paper section 2, DESIGN.md section 3):
+Notation (paper section 2, docs/DESIGN.md section 3):
     x     images (B, C, H, W) in [-1, 1]
     k     `reconstruct_to`, the layer the feedback generates down to (0 = pixels)
     h_t   features at layer k fed to the feedforward pathway at step t (h_0 = encode(x))
@@ -10,6 +10,10 @@ Notation (paper section 2, DESIGN.md section 3):
 
     h_{t+1} = h_t + r (g_t - h_t)       (r = 1 is the paper's h <- g)
     y_{t+1}, z_{t+1} = feedforward(h_{t+1}), nonlinearities driven by the signals of g_t's pass
+
+`_up` and `_down` are the two pathways as plain loops over the layers (the reference); with the
+fast backend (`cnnf.backend`) `cnnf.fast` runs them instead, side by side, as nanoGPT does
+with its attention.
 """
 
 from __future__ import annotations
@@ -20,36 +24,27 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from cnnf import architecture, fused
+from cnnf import architecture, backend, fast, scoring
 from cnnf.inputs import check_features, check_images
 from cnnf.layers import Bias
 
 Latents = tuple[Tensor | None, ...]
-"""One entry per layer: the ReLU mask (bool) or pooling choice (flat index, int32), None elsewhere."""
+"""One entry per layer: the ReLU mask (bool) or pooling choice (flat index), None elsewhere."""
 
-Drive = tuple[Tensor | fused.PooledDrive | None, ...]
-"""One entry per layer: the feedback signal that arrived at that layer's output; from a drives-only
-fused feedback, the one at an AdaReLU that an AdaPool follows is a `fused.PooledDrive` (the map
-kept at the pooled resolution; `fused.as_map` writes it)."""
-
-OUTPUTS = ("last", "average")
+Signals = tuple[Tensor | None, ...]
+"""One entry per layer: the feedback signal arriving at that layer's output (before its mask),
+None below the layer the feedback stopped at. The signals at AdaReLU / AdaPool layers are the
+drives of the next feedforward pass."""
 
 
 @dataclass(frozen=True)
 class Feedback:
-    """One feedback (generation) pass.
-
-    features:    g at the target layer, e.g. (B, 1, 28, 28) for layer 0.
-    signals:     per layer, the signal arriving at its output (before its mask); None below the
-                 target layer. Used as the `drive` of the next feedforward pass and for eta.
-    drives_only: the signals are kept only at AdaReLU / AdaPool layers (the drives), None
-                 elsewhere, and may be `fused.PooledDrive`s (see `Drive`); enough for
-                 inference, not for eta or the norm-matching loss.
-    """
+    """One feedback (generation) pass: `features` g at the target layer, e.g. (B, 1, 28, 28)
+    for layer 0, and the `signals` at every layer (what eta and the norm-matching loss read;
+    None in an `Inference` that did not keep activations)."""
 
     features: Tensor
-    signals: Drive
-    drives_only: bool = False
+    signals: Signals | None
 
 
 @dataclass
@@ -77,17 +72,13 @@ class Inference:
         return [fb.features for fb in self.feedbacks]
 
     def output(self, mode: str = "last") -> Tensor:
-        """Scored logits (B, classes): the last step, or the mean over steps 0..N."""
-        if mode == "last":
-            return self.logits[-1]
-        if mode == "average":
-            return torch.stack(self.logits).mean(0)
-        raise ValueError(f"unknown output mode {mode!r}; choose one of {OUTPUTS}")
+        """Scored logits (B, classes): the last step, or the mean over steps 0..N (`cnnf.scoring`)."""
+        return scoring.score(self.logits, mode)
 
 
 class CNNF(nn.Module):
     """CNN with recurrent generative feedback, built from an architecture spec
-    (see `cnnf.architecture`). With iterations = 0 it is exactly the plain CNN.
+    (see `cnnf.architecture`). With iterations = 0 it is the plain CNN.
 
     Args:
         spec: {"input_shape": [C, H, W], "blocks": [[token, ...], ...]}.
@@ -97,20 +88,11 @@ class CNNF(nn.Module):
         residual: r in (0, 1], the step h <- h + r (g - h); 1 is the paper.
     """
 
-    def __init__(
-        self,
-        spec: dict,
-        *,
-        iterations: int = 0,
-        reconstruct_to: int = 0,
-        output: str = "last",
-        residual: float = 1.0,
-    ):
+    def __init__(self, spec: dict, *, iterations: int = 0, reconstruct_to: int = 0, output: str = "last",
+                 residual: float = 1.0):
         super().__init__()
         built, self.block_ends, self.shapes = architecture.build(spec)
         self.layers = nn.ModuleList(built)
-        self._norm_segments = fused.norm_segments(self.layers)  # layer runs one fused kernel computes
-        self._feedback_segments = fused.feedback_segments(self.layers)  # the same for the feedback
         self.spec = {"input_shape": list(spec["input_shape"]), "blocks": [list(b) for b in spec["blocks"]]}
         _check_settings(iterations, reconstruct_to, output, residual, len(self.block_ends) - 1)
         self.iterations = iterations
@@ -128,68 +110,40 @@ class CNNF(nn.Module):
 
     def settings(self) -> dict:
         """The constructor arguments besides the spec (stored in checkpoints)."""
-        return {
-            "iterations": self.iterations,
-            "reconstruct_to": self.reconstruct_to,
-            "output": self.output,
-            "residual": self.residual,
-        }
+        return {"iterations": self.iterations, "reconstruct_to": self.reconstruct_to, "output": self.output,
+                "residual": self.residual}
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (B, classes) after `iterations` feedback steps, `output` mode."""
-        return self.infer(x, drives_only=True).output(self.output)
+        return self.infer(x).output(self.output)
 
     def encode(self, x: Tensor, to_layer: int | None = None) -> Tensor:
         """Plain feedforward features of images x at layer `to_layer` (default k)."""
         check_images(x, self.input_shape)
-        return self._run(x, 0, self._position(to_layer), None, keep=False)[0]
+        return self._up(x, 0, self._position(to_layer), None, keep=False, use_fast=backend.is_fast())[0]
 
-    def feedforward(
-        self, h: Tensor, from_layer: int | None = None, drive: Drive | None = None
-    ) -> tuple[Tensor, Latents]:
+    def feedforward(self, h: Tensor, from_layer: int | None = None,
+                    drive: Signals | None = None) -> tuple[Tensor, Latents]:
         """Feedforward pathway from layer `from_layer` (default 0, the pixels) to the logits.
 
         drive: the `signals` of a feedback pass; they set AdaReLU / AdaPool. None gives plain
         ReLU / max-pooling. At layer 0, h may be images or a reconstruction, so only its shape
-        and finiteness are checked (use `infer` or `forward` for images). Returns
-        (logits (B, classes), latents).
+        and finiteness are checked. Returns (logits (B, classes), latents).
         """
         start = self._position(from_layer or 0)
         _check_shape(h, self.shapes[start], "features" if start else "images")
         check_features(h)
         if drive is not None and len(drive) != len(self.layers):
             raise ValueError(f"drive must have one entry per layer ({len(self.layers)}), got {len(drive)}")
-        logits, latents, _ = self._run(h, start, len(self.layers), drive, keep=False)
+        logits, latents, _ = self._up(h, start, len(self.layers), drive, keep=False, use_fast=backend.is_fast())
         return logits, latents
 
-    def feedback(
-        self, logits: Tensor, latents: Latents, to_layer: int | None = None, drives_only: bool = False
-    ) -> Feedback:
-        """Feedback pathway (the DGM, eq. 2): generate from logits-space `logits` (B, classes)
-        with `latents` down to layer `to_layer` (default k). drives_only: keep the signals only
-        where the next feedforward pass reads them (see `Feedback`), and skip writing the rest."""
-        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"expected logits of shape (B, {self.num_classes}), got {tuple(logits.shape)}")
+    def feedback(self, logits: Tensor, latents: Latents, to_layer: int | None = None) -> Feedback:
+        """Feedback pathway (the DGM, eq. 2): generate from the logits-space vector `logits`
+        (B, classes) with `latents` down to layer `to_layer` (default k), with every signal."""
         stop = self._position(to_layer)
-        layers = tuple(self.layers)  # a tuple: ModuleList indexing and slicing cost ~15 us each
-        signals: list[Tensor | None] = [None] * len(layers)
-        g = logits
-        i = len(layers) - 1
-        while i >= stop:
-            norm = self._feedback_segments.get(i)  # fused: [norm, bias, relu?, pool?] in one kernel
-            if norm is not None and norm >= stop:
-                run = slice(norm, i + 1)
-                if fused.accepts_feedback(layers[run], g, latents[run]):
-                    signals[run], g = fused.run_feedback_segment(layers[run], g, latents[run], drives_only)
-                    i = norm - 1
-                    continue
-            if layers[i].adaptive and latents[i] is None:
-                raise ValueError(f"no latent for layer {i}; the latents come from a pass that started above it")
-            if layers[i].adaptive or not drives_only:
-                signals[i] = g
-            g = layers[i].feedback(g, latents[i])
-            i -= 1
-        return Feedback(g, tuple(signals), drives_only)
+        features, signals = self._down(logits, latents, stop, drives_only=False, use_fast=backend.is_fast())
+        return Feedback(features, signals)
 
     def generate(self, logits: Tensor, latents: Latents, to_layer: int | None = None) -> Tensor:
         """Generated features g at layer `to_layer` (default k); see `feedback`."""
@@ -197,49 +151,44 @@ class CNNF(nn.Module):
 
     def eta(self, feedback: Feedback) -> Tensor:
         """eta(u, z) = sum over bias layers of <b, signal at that layer> (eq. 13, Lemma A.1), (B,)."""
-        if feedback.drives_only:
-            raise ValueError("eta needs the signals at the bias layers; generate with drives_only=False")
-        total = torch.zeros((), dtype=feedback.features.dtype)
+        if feedback.signals is None:
+            raise ValueError("eta needs the feedback signals; use model.feedback or infer(..., keep_activations=True)")
+        total = torch.zeros((), dtype=feedback.features.dtype, device=feedback.features.device)
         for layer, signal in zip(self.layers, feedback.signals):
             if isinstance(layer, Bias) and signal is not None:
                 total = total + (signal * layer.broadcast()).flatten(1).sum(1)
         return total
 
-    def infer(
-        self,
-        x: Tensor,
-        iterations: int | None = None,
-        tol: float | None = None,
-        keep_activations: bool = False,
-        drives_only: bool = False,
-    ) -> Inference:
+    def infer(self, x: Tensor, iterations: int | None = None, tol: float | None = None,
+              keep_activations: bool = False) -> Inference:
         """Iterative inference (Algorithm 1) on images x (B, C, H, W) in [-1, 1].
 
         iterations: N (default: the model's). tol: adaptive stopping; a sample stops once its
-        prediction is unchanged and ||h_{t+1} - h_t|| / ||h_t|| < tol. drives_only: the
-        feedbacks keep only the signals that drive the next pass (see `Feedback`); faster,
-        and all that logits, reconstructions and the ce / rec / cll losses need.
+        prediction is unchanged and ||h_{t+1} - h_t|| / ||h_t|| < tol. keep_activations: keep
+        every layer's output and every feedback signal (for eta and the norm-matching loss);
+        without it the feedbacks hold only their features.
         """
         n = self.iterations if iterations is None else iterations
-        if n < 0:
-            raise ValueError(f"iterations must be >= 0, got {n}")
-        start = self._position(None)
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"iterations must be an integer >= 0, got {n!r}")
+        use_fast, k, top = backend.is_fast(), self._position(None), len(self.layers)
         h = self.encode(x)
-        logits, latents, acts = self._run(h, start, len(self.layers), None, keep_activations)
-        run = Inference([logits], [h], [], [latents], torch.zeros(len(x), dtype=torch.long), None)
-        run.activations = [acts] if keep_activations else None
-        active = torch.ones(len(x), dtype=torch.bool)
+        logits, latents, acts = self._up(h, k, top, None, keep_activations, use_fast)
+        run = Inference([logits], [h], [], [latents], torch.zeros(len(x), dtype=torch.long, device=x.device),
+                        [acts] if keep_activations else None)
+        active = torch.ones(len(x), dtype=torch.bool, device=x.device)
         for _ in range(n):
-            fb = self.feedback(logits, latents, drives_only=drives_only)
-            h_next = fb.features if self.residual == 1 else h + self.residual * (fb.features - h)
-            logits_next, latents_next, acts = self._run(h_next, start, len(self.layers), fb.signals, keep_activations)
+            g, signals = self._down(logits, latents, k, drives_only=not keep_activations, use_fast=use_fast)
+            h_next = g if self.residual == 1 else h + self.residual * (g - h)
+            logits_next, latents_next, acts = self._up(h_next, k, top, signals, keep_activations, use_fast)
             run.iterations_used += active
             if tol is not None:
                 settled = (logits_next.argmax(1) == logits.argmax(1)) & (_relative_change(h_next, h) < tol)
-                h_next, logits_next, latents_next = _keep_where(active, (h_next, logits_next, latents_next), (h, logits, latents))
+                h_next, logits_next, latents_next = _keep_where(active, (h_next, logits_next, latents_next),
+                                                                (h, logits, latents))
                 active = active & ~settled
             h, logits, latents = h_next, logits_next, latents_next
-            run.feedbacks.append(fb)
+            run.feedbacks.append(Feedback(g, signals if keep_activations else None))
             run.logits.append(logits)
             run.features.append(h)
             run.latents.append(latents)
@@ -249,30 +198,35 @@ class CNNF(nn.Module):
                 break
         return run
 
-    def _run(self, h: Tensor, start: int, stop: int, drive: Drive | None, keep: bool):
-        """Layers start..stop-1 on h; returns (their output, latents, every layer's output if keep)."""
-        layers = tuple(self.layers)  # see `feedback`
-        latents: list[Tensor | None] = [None] * len(layers)
-        outputs: list[Tensor | None] = [None] * len(layers)
-        i = start
-        while i < stop:
-            end = None if keep else self._norm_segments.get(i)  # fused: no per-layer outputs
-            if end is not None and end <= stop:
-                drives = (None,) * (end - i) if drive is None else drive[i:end]
-                if fused.accepts(h, *drives):
-                    h, latents[i:end] = fused.run_norm_segment(layers[i:end], h, drives)
-                    i = end
-                    continue
-            h, latents[i] = layers[i](h, None if drive is None else fused.as_map(drive[i]))
-            if keep:
-                outputs[i] = h
-            i += 1
+    def _up(self, h: Tensor, start: int, stop: int, drive: Signals | None, keep: bool, use_fast: bool):
+        """Layers start..stop-1 on h (the feedforward pathway), each driven by its entry of
+        `drive`. Returns (their output, latents, every layer's output if keep, else None)."""
+        if use_fast:
+            return fast.feedforward(self.layers, h, start, stop, drive, keep)
+        latents: list[Tensor | None] = [None] * len(self.layers)
+        outputs: list[Tensor | None] = [None] * len(self.layers)
+        for i in range(start, stop):
+            h, latents[i] = self.layers[i](h, None if drive is None else drive[i])
+            outputs[i] = h
         return h, tuple(latents), (tuple(outputs) if keep else None)
+
+    def _down(self, g: Tensor, latents: Latents, stop: int, drives_only: bool, use_fast: bool) -> tuple[Tensor, Signals]:
+        """The feedback pathway from the logits-space g down to layer `stop`. Returns (g there,
+        the signal arriving at each layer's output); drives_only lets the fast backend keep
+        only the drives."""
+        _check_feedback_inputs(g, latents, self.layers, stop, self.num_classes)
+        if use_fast:
+            return fast.feedback(self.layers, g, latents, stop, drives_only)
+        signals: list[Tensor | None] = [None] * len(self.layers)
+        for i in reversed(range(stop, len(self.layers))):
+            signals[i] = g
+            g = self.layers[i].feedback(g, latents[i])
+        return g, tuple(signals)
 
     def _position(self, layer: int | None) -> int:
         k = self.reconstruct_to if layer is None else layer
-        if not 0 <= k < len(self.block_ends) - 1:
-            raise ValueError(f"layer index must be in 0..{len(self.block_ends) - 2} (block outputs), got {k}")
+        if not isinstance(k, int) or not 0 <= k < len(self.block_ends) - 1:
+            raise ValueError(f"layer index must be in 0..{len(self.block_ends) - 2} (block outputs), got {k!r}")
         return self.block_ends[k]
 
 
@@ -281,8 +235,7 @@ def _check_settings(iterations: int, reconstruct_to: int, output: str, residual:
         raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
     if not isinstance(reconstruct_to, int) or not 0 <= reconstruct_to < blocks:
         raise ValueError(f"reconstruct_to must be a block index in 0..{blocks - 1}, got {reconstruct_to!r}")
-    if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    scoring.check_output(output)
     if not 0 < residual <= 1:
         raise ValueError(f"residual must be in (0, 1], got {residual!r}")
 
@@ -290,6 +243,16 @@ def _check_settings(iterations: int, reconstruct_to: int, output: str, residual:
 def _check_shape(h: Tensor, shape: Sequence[int], what: str) -> None:
     if tuple(h.shape[1:]) != tuple(shape):
         raise ValueError(f"expected {what} of shape (B, {', '.join(map(str, shape))}), got {tuple(h.shape)}")
+
+
+def _check_feedback_inputs(g: Tensor, latents: Latents, layers: nn.ModuleList, stop: int, classes: int) -> None:
+    if g.dim() != 2 or g.shape[1] != classes:
+        raise ValueError(f"expected logits of shape (B, {classes}), got {tuple(g.shape)}")
+    if len(latents) != len(layers):
+        raise ValueError(f"latents must have one entry per layer ({len(layers)}), got {len(latents)}")
+    for i in range(stop, len(layers)):
+        if layers[i].adaptive and latents[i] is None:
+            raise ValueError(f"no latent for layer {i}; the latents come from a pass that started above it")
 
 
 def _relative_change(new: Tensor, old: Tensor) -> Tensor:

@@ -79,7 +79,7 @@ def make_step(model: CNNF, optimizer: torch.optim.Optimizer, weights: LossWeight
 
 
 def _standard_step(model, optimizer, weights: LossWeights, x: Tensor, y: Tensor) -> StepResult:
-    run = model.infer(x, **_signals(weights))
+    run = model.infer(x, keep_activations=weights.norm > 0)
     terms = _descend(model, optimizer, weights, run, y, target=None)
     return StepResult(terms, _correct(run.output(model.output), y))
 
@@ -89,20 +89,13 @@ def _adversarial_step(model, optimizer, weights: LossWeights, adversary: Adversa
     x_adv = adversary(x, y)
     clean_features = model.encode(x)
     if mode == "conventional":
-        run = model.infer(x_adv, **_signals(weights))
+        run = model.infer(x_adv, keep_activations=weights.norm > 0)
         terms = _descend(model, optimizer, weights, run, y, target=clean_features)
         return StepResult(terms, None, _correct(run.output(model.output), y))
-    both = model.infer(torch.cat([x, x_adv]), **_signals(weights))
+    both = model.infer(torch.cat([x, x_adv]), keep_activations=weights.norm > 0)
     terms = _descend(model, optimizer, weights, both, torch.cat([y, y]), target=torch.cat([clean_features] * 2))
     scores = both.output(model.output)
     return StepResult(terms, _correct(scores[: len(y)], y), _correct(scores[len(y):], y))
-
-
-def _signals(weights: LossWeights) -> dict[str, bool]:
-    """What `infer` keeps for the losses: the activations and every feedback signal only for
-    the norm-matching term (the others need the logits, reconstructions and latents)."""
-    norm = weights.norm > 0
-    return {"keep_activations": norm, "drives_only": not norm}
 
 
 def _descend(model, optimizer, weights, run, labels, target) -> dict[str, float]:

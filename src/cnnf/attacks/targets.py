@@ -20,7 +20,8 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from cnnf.attacks.threat import eval_mode
-from cnnf.model import CNNF, OUTPUTS
+from cnnf.model import CNNF
+from cnnf.scoring import OUTPUTS
 
 TARGETS = ("first", "cnn", "e2e")
 
@@ -84,4 +85,4 @@ def gradient_source(
     mode = model.output if output is None else output
     if mode not in OUTPUTS:
         raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {mode!r}")
-    return GradientSource("e2e", model, lambda x: model.infer(x, drives_only=True).output(mode), mode)
+    return GradientSource("e2e", model, lambda x: model.infer(x).output(mode), mode)

@@ -1,25 +1,24 @@
-"""Fused CPU kernels for the memory-bound layers (issue 7), with autograd.
+"""Fused CPU kernels for the memory-bound layers, with autograd (C++ in `csrc/fused.cpp`).
 
 Instance norm, bias and AdaReLU each pass over the whole batch's feature map when run layer by
-layer; `csrc/fused.cpp` does the three in one sweep per sample, whose map stays in cache, with
-AdaPool as well where it follows (its signed max / min and indices; the map before the pool is
-never written), the feedback through the same layers in one more, and the reconstruction loss
-over all steps in one sweep forward and backward. The extension is compiled on first use
-with torch's JIT builder (gcc and ninja; `make setup` builds it) and cached under
-~/.cache/torch_extensions. Where it cannot be built, or with CNNF_FUSED=0 in the environment,
-`available()` is False and the layers run their plain torch code, which computes the same
-values (tests/test_fast_paths.py compares both in float64).
+layer; the kernels do the three in one sweep per sample, whose map stays in cache, with AdaPool
+as well where it follows (its signed max / min and indices; the map before the pool is never
+written), the feedback through the same layers in one more, and the reconstruction loss over
+all steps in one sweep forward and backward. The extension is compiled on first use with
+torch's JIT builder (gcc and ninja; `make setup` builds it) and cached under
+~/.cache/torch_extensions. Where it cannot be built, or inside `use_kernels(False)`,
+`available()` is False and the fast backend runs its torch code instead
+(tests/test_backends.py compares both with the reference layers in float64).
 
-Kernels take channels-last float32 / float64 maps (the layout the model keeps).
+Kernels take channels-last float32 / float64 maps on the CPU (the layout the fast backend keeps).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +34,12 @@ _VECTOR_FLAGS = {
     "AVX2": ["-mavx2", "-mfma"],
 }
 
+_enabled = True
+
 
 @functools.cache
 def _extension():
     """The compiled module, or None (with one warning) where it cannot be built."""
-    if os.environ.get("CNNF_FUSED", "1") == "0":
-        return None
     capability = torch.backends.cpu.get_cpu_capability()
     version = torch.__version__.split("+")[0].replace(".", "")
     try:
@@ -52,29 +51,40 @@ def _extension():
             extra_cflags=["-O3", "-fopenmp", *_VECTOR_FLAGS.get(capability, [])],
             extra_ldflags=["-fopenmp"],
         )
-    except Exception as error:  # no compiler, no ninja, a failed build: run the plain layers
-        warnings.warn(f"cnnf: fused CPU kernels unavailable, using plain torch layers ({error})", stacklevel=2)
+    except Exception as error:  # no compiler, no ninja, a failed build: the torch code runs
+        warnings.warn(f"cnnf: fused CPU kernels unavailable, the fast backend runs torch code ({error})", stacklevel=2)
         return None
 
 
 def available() -> bool:
-    """True if the fused kernels are compiled and loaded (builds them on the first call)."""
-    return _extension() is not None
+    """True if the kernels are switched on and compiled (builds them on the first call)."""
+    return _enabled and _extension() is not None
 
 
 def build() -> None:
     """Compile the kernels now (`make setup` does); raises if that fails."""
-    os.environ.pop("CNNF_FUSED", None)
     _extension.cache_clear()
     if _extension() is None:
         raise RuntimeError("building the fused kernels failed; see the warning above (gcc and ninja are needed)")
 
 
 @contextlib.contextmanager
+def use_kernels(enabled: bool) -> Iterator[None]:
+    """Within this context the fast backend uses its kernels (True) or its torch code only
+    (False): the same values to rounding (for tests and `benchmarks/speedup.py`)."""
+    global _enabled
+    previous, _enabled = _enabled, enabled
+    try:
+        yield
+    finally:
+        _enabled = previous
+
+
+@contextlib.contextmanager
 def runtime_channel_counts():
     """Within this context the kernels take every channel count at run time, instead of as the
     compile-time constant they use for 16, 32 and 64 channels: the same values, slower (for the
-    tests that compare both and `benchmarks/speedup.py --switch fixed-channels`)."""
+    tests that compare both and benchmarks)."""
     extension = _extension()
     extension.set_fixed_channels(False)
     try:
@@ -120,14 +130,6 @@ def accepts_latents(*latents: Tensor | None) -> bool:
     """Whether the kernels take these latents (None skipped): their own bool masks and int32
     pooling indices, channels-last, on CPU."""
     return all(z is None or _kernel_map(z, (torch.bool, torch.int32)) for z in latents)
-
-
-def accepts_feedback(layers: Sequence[torch.nn.Module], g: Tensor, latents: Sequence[Tensor | None]) -> bool:
-    """Whether `run_feedback_segment` takes the run `layers`, g and their latents: every
-    adaptive layer has its latent, g is as `accepts` wants, and `accepts_latents` takes them."""
-    if any(layer.adaptive and z is None for layer, z in zip(layers, latents)):
-        return False  # the layer-by-layer path raises the error that names the layer
-    return accepts(g) and accepts_latents(*latents)
 
 
 def norm_bias_relu(f: Tensor, bias: Tensor | None, drive: Tensor | None, relu: bool, eps: float):
@@ -315,78 +317,6 @@ class _MeanSquaredErrors(torch.autograd.Function):
         wanted = [*ctx.needs_input_grad[1:], ctx.needs_input_grad[0]]
         *d_reconstructions, d_target = _extension().squared_errors_backward(reconstructions, target, scale, wanted)
         return d_target, *d_reconstructions
-
-
-def norm_segments(layers: Sequence[torch.nn.Module]) -> dict[int, int]:
-    """Runs of InstanceNorm, spatial Bias, optionally AdaReLU and optionally AdaPool that
-    `run_norm_segment` computes in one kernel: {index of the norm: index after the run's last layer}."""
-    from cnnf.layers import AdaPool, AdaReLU, Bias, InstanceNorm
-
-    runs = {}
-    for i in range(len(layers) - 1):
-        if isinstance(layers[i], InstanceNorm) and isinstance(layers[i + 1], Bias) and layers[i + 1].spatial:
-            end = i + 2
-            if end < len(layers) and isinstance(layers[end], AdaReLU):
-                end += 1
-            if end < len(layers) and isinstance(layers[end], AdaPool):
-                end += 1
-            runs[i] = end
-    return runs
-
-
-def run_norm_segment(layers: Sequence[torch.nn.Module], h: Tensor, drives: Sequence[Tensor | None]):
-    """The layers of one `norm_segments` run on h, AdaReLU and AdaPool (if in the run) driven
-    by their entries of `drives` (one per layer). Returns (output, latents, one per layer):
-    what the layers one by one return."""
-    from cnnf.layers import AdaPool, AdaReLU
-
-    norm, bias, *rest = layers
-    relu = bool(rest) and isinstance(rest[0], AdaReLU)
-    pool = rest[-1] if rest and isinstance(rest[-1], AdaPool) else None
-    relu_drive = drives[2] if relu else None
-    latents: list[Tensor | None] = [None] * len(layers)
-    if pool is None:
-        h, latents[-1] = norm_bias_relu(h, bias.bias, as_map(relu_drive), relu, norm.eps)
-        return h, tuple(latents)
-    h, mask, latents[-1] = norm_bias_relu_pool(h, bias.bias, relu_drive, drives[-1], relu, pool.size, norm.eps)
-    if relu:
-        latents[2] = mask
-    return h, tuple(latents)
-
-
-def feedback_segments(layers: Sequence[torch.nn.Module]) -> dict[int, int]:
-    """Runs [InstanceNorm, spatial Bias, AdaReLU?, AdaPool?] with a ReLU or a pool, whose
-    feedback `run_feedback_segment` computes in one kernel: {index of the run's top layer
-    (where the feedback enters): index of the norm}."""
-    return {stop - 1: norm for norm, stop in norm_segments(layers).items() if stop - 1 > norm + 1}
-
-
-def run_feedback_segment(layers: Sequence[torch.nn.Module], g: Tensor, latents: Sequence[Tensor | None],
-                         drives_only: bool = False):
-    """The feedback of one `feedback_segments` run, g at its top layer's output, latents one per
-    layer of the run. Returns (signals arriving at each layer's output, features below the
-    norm): what the layers' `feedback` one by one give; with drives_only, the signals only at
-    the adaptive layers (None at the norm and the bias), which the kernel then never writes, and
-    the ReLU's drive below a pool as a `PooledDrive` of g."""
-    from cnnf.layers import AdaPool, AdaReLU
-
-    norm, *_ = layers
-    pool = layers[-1] if isinstance(layers[-1], AdaPool) else None
-    relu_at = next((i for i, layer in enumerate(layers) if isinstance(layer, AdaReLU)), None)
-    index = latents[-1] if pool else None
-    mask = None if relu_at is None else latents[relu_at]
-    unpooled, masked, features = feedback_norm(g, index, mask, pool.size if pool else 1, norm.eps, drives_only)
-    if pool is None:
-        above_relu = g  # the signal at the ReLU's output
-    else:
-        above_relu = unpooled if unpooled is not None else PooledDrive(g, index, pool.size)
-    below_relu = above_relu if mask is None else masked  # at the bias and the norm
-    signals = [None, None] if drives_only else [below_relu, below_relu]
-    if relu_at is not None:
-        signals.append(above_relu)
-    if pool is not None:
-        signals.append(g)
-    return tuple(signals), features
 
 
 def _detached(t: Tensor | None) -> Tensor | None:
