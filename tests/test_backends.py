@@ -149,3 +149,22 @@ def test_kernels_are_built_where_the_tests_run():
     """`make setup` builds the kernels; without them the kernel comparisons would compare torch
     code with itself."""
     assert kernels.available()
+
+
+@pytest.mark.parametrize("name", cnnf.list_models())
+def test_relu_mixing_runs_the_same_on_both_backends(name):
+    """The released code's AdaReLU (relu_mixing > 0) is not a kernel: the fast backend runs it
+    layer by layer, with the reference's values; it changes the iterations, not step 0."""
+    torch.manual_seed(0)
+    mixed = cnnf.create_model(name, iterations=2, relu_mixing=0.1).double()
+    paper = cnnf.create_model(name, iterations=2).double()
+    paper.load_state_dict(mixed.state_dict())
+    x = torch.rand(3, 1, 28, 28, dtype=torch.float64) * 2 - 1
+    runs = {}
+    for backend in cnnf.backend.BACKENDS:
+        with cnnf.use_backend(backend):
+            runs[backend] = mixed.infer(x).logits
+    assert all(torch.allclose(a, b, **CLOSE) for a, b in zip(runs["fast"], runs["reference"]))
+    steps = paper.infer(x).logits
+    assert torch.allclose(steps[0], runs["fast"][0], **CLOSE)
+    assert not torch.allclose(steps[2], runs["fast"][2], **CLOSE)

@@ -141,3 +141,15 @@ def test_layers_hold_no_state_between_calls():
     relu.feedback(f, f > 0)
     assert relu.__dict__.keys() == before.keys()
     assert not hasattr(relu, "reset")
+
+
+def test_adarelu_mixing_is_the_released_codes_resrelu():
+    """mixing m: f <- f + m (g - f), then the mask 1(f * g > 0) of the mixed f (the released
+    code's resReLU); m = 0 is the paper's AdaReLU, value for value."""
+    f, g = torch.tensor([[2.0, -1.0, 0.5, -3.0]]), torch.tensor([[1.0, 20.0, -1.0, -1.0]])
+    out, z = layers.AdaReLU(mixing=0.1)(f, g)
+    mixed = torch.tensor([[1.9, 1.1, 0.35, -2.8]])
+    assert torch.allclose(out, mixed * torch.tensor([[1.0, 1.0, 0.0, 1.0]]))
+    assert z.tolist() == [[True, True, False, True]]
+    assert torch.equal(layers.AdaReLU(mixing=0.0)(f, g)[0], layers.AdaReLU()(f, g)[0])
+    assert torch.equal(layers.AdaReLU(mixing=0.1)(f)[0], torch.relu(f))  # the first pass is a ReLU

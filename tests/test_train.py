@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -28,6 +29,7 @@ def tiny_config(tmp_path: Path) -> Path:
     config = {
         "model": "paper_mnist", "iterations": 1, "epochs": 3, "batch_size": 32, "val_size": 100,
         "checkpoint_every": 2, "eval_batch_size": 100, "threads": 1, "data_dir": str(data_dir),
+        "lr_schedule": "cosine",  # exact resume includes the learning rate of every step
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -174,3 +176,25 @@ def test_tensorboard_logging_or_a_clear_error(tiny_config: Path, tmp_path: Path,
         assert not (tmp_path / "tb").exists()
     else:
         assert main(args) == 0 and list((tmp_path / "tb" / "tensorboard").glob("events.*"))
+
+
+def test_cosine_schedule_decays_from_lr_to_zero_per_step():
+    from cnnf.config import ConfigError, TrainConfig, learning_rate
+
+    cosine = TrainConfig(lr=1e-3, epochs=2, lr_schedule="cosine")
+    assert learning_rate(cosine, 0, steps_per_epoch=10) == 1e-3
+    assert learning_rate(cosine, 10, steps_per_epoch=10) == pytest.approx(5e-4)
+    assert learning_rate(cosine, 15, steps_per_epoch=10) == pytest.approx(1e-3 * (1 + math.cos(0.75 * math.pi)) / 2)
+    assert learning_rate(TrainConfig(lr=1e-3), 15, steps_per_epoch=10) == 1e-3
+    with pytest.raises(ConfigError, match="lr_schedule must be one of constant, cosine"):
+        TrainConfig.from_dict({"lr_schedule": "step"})
+
+
+def test_training_steps_use_the_scheduled_learning_rate(tiny_config: Path, tmp_path: Path):
+    from cnnf.config import learning_rate, load_config
+
+    assert main(["train", "--config", str(tiny_config), "--out", str(tmp_path / "run")]) == 0
+    state = checkpoint.read(tmp_path / "run" / "checkpoint.pt")
+    steps_per_epoch = -(-300 // 32)
+    last = learning_rate(load_config(tiny_config), 3 * steps_per_epoch - 1, steps_per_epoch)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(last) and 0 < last < 1e-5

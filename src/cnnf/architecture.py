@@ -29,8 +29,8 @@ class ArchitectureError(ValueError):
     """A spec that cannot be built; the message names the block, the token and the fix."""
 
 
-def build(spec: dict) -> tuple[list[layers.FeedbackLayer], list[int], list[Shape]]:
-    """Build the layers of `spec`.
+def build(spec: dict, relu_mixing: float = 0.0) -> tuple[list[layers.FeedbackLayer], list[int], list[Shape]]:
+    """Build the layers of `spec`; every AdaReLU gets `relu_mixing` (see `layers.AdaReLU`).
 
     Returns (layers, block_ends, shapes): `block_ends[k]` is the index of the first layer above
     layer k (block_ends[0] = 0), and `shapes[i]` is the per-sample shape of the input of layer i
@@ -43,7 +43,7 @@ def build(spec: dict) -> tuple[list[layers.FeedbackLayer], list[int], list[Shape
     for b, block in enumerate(spec["blocks"], start=1):
         for token in block:
             try:
-                layer, out_shape = _layer(token, shape)
+                layer, out_shape = _layer(token, shape, relu_mixing)
             except (ValueError, IndexError) as error:
                 raise ArchitectureError(f"block {b}, layer {token!r}: {error}") from None
             built.append(layer)
@@ -56,7 +56,7 @@ def build(spec: dict) -> tuple[list[layers.FeedbackLayer], list[int], list[Shape
     return built, block_ends, shapes
 
 
-def _layer(token: str, shape: Shape) -> tuple[layers.FeedbackLayer, Shape]:
+def _layer(token: str, shape: Shape, relu_mixing: float) -> tuple[layers.FeedbackLayer, Shape]:
     name, *args = token.split()
     numbers = [int(a) for a in args]
     if name not in TOKENS:
@@ -67,7 +67,7 @@ def _layer(token: str, shape: Shape) -> tuple[layers.FeedbackLayer, Shape]:
     if name == "bias":
         return layers.Bias(shape[0], spatial=len(shape) == 3), shape
     if name == "relu":
-        return layers.AdaReLU(), shape
+        return layers.AdaReLU(relu_mixing), shape
     _need(shape, 3, name)
     c, h, w = shape
     if name == "conv":

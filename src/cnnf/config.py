@@ -28,6 +28,8 @@ class TrainConfig:
     reconstruct_to: int | None = None   # layer k (None: the architecture's default)
     output: str = "last"                # scored logits: "last" | "average"
     residual: float = 1.0               # r in h <- h + r (g - h); 1 is the paper
+    relu_mixing: float = 0.0            # the released code's AdaReLU, f <- f + m (g - f) before
+                                        # the mask (it uses 0.1); 0 is the paper
     dataset: str = "fashion-mnist"      # "fashion-mnist" | "mnist"
     data_dir: str | None = None         # None: the default location of the data set
     val_size: int = 5000                # validation images carved from the training set

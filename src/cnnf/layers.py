@@ -119,16 +119,31 @@ class AdaReLU(FeedbackLayer):
 
     Eq. 3 prints ReLU(-f) for g < 0; the MAP derivation (eq. 18, Lemma A.1) passes z * f,
     which is what the generative-classifier identity test pins down. z_R is a bool map; it
-    carries no gradient (it is piecewise constant)."""
+    carries no gradient (it is piecewise constant).
+
+    mixing m in [0, 1): the released code's variant (its `resReLU`, m = 0.1), not the paper's
+    text: a driven pass first mixes the activation with its drive, f <- f + m (g - f), then
+    masks that. m = 0 is the paper's AdaReLU."""
 
     adaptive = True
 
+    def __init__(self, mixing: float = 0.0):
+        super().__init__()
+        self.mixing = mixing
+
     def forward(self, f: Tensor, drive: Tensor | None = None) -> tuple[Tensor, Latent]:
-        z = f > 0 if drive is None else f * drive > 0
+        if drive is None:
+            z = f > 0
+        else:
+            f = f + self.mixing * (drive - f) if self.mixing else f
+            z = f * drive > 0
         return f * z, z
 
     def feedback(self, g: Tensor, latent: Latent) -> Tensor:
         return g * latent
+
+    def extra_repr(self) -> str:
+        return f"mixing={self.mixing}" if self.mixing else ""
 
 
 class AdaPool(FeedbackLayer):

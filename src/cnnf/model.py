@@ -86,19 +86,24 @@ class CNNF(nn.Module):
         reconstruct_to: k, the block output the feedback generates (0 = pixels).
         output: "last" or "average" logits, scored by `forward`.
         residual: r in (0, 1], the step h <- h + r (g - h); 1 is the paper.
+        relu_mixing: m in [0, 1), the released code's AdaReLU variant (see `layers.AdaReLU`);
+            0 is the paper.
     """
 
     def __init__(self, spec: dict, *, iterations: int = 0, reconstruct_to: int = 0, output: str = "last",
-                 residual: float = 1.0):
+                 residual: float = 1.0, relu_mixing: float = 0.0):
         super().__init__()
-        built, self.block_ends, self.shapes = architecture.build(spec)
+        _check_settings(iterations, output, residual, relu_mixing)
+        built, self.block_ends, self.shapes = architecture.build(spec, relu_mixing)
         self.layers = nn.ModuleList(built)
         self.spec = {"input_shape": list(spec["input_shape"]), "blocks": [list(b) for b in spec["blocks"]]}
-        _check_settings(iterations, reconstruct_to, output, residual, len(self.block_ends) - 1)
+        if not isinstance(reconstruct_to, int) or not 0 <= reconstruct_to < len(self.block_ends) - 1:
+            raise ValueError(f"reconstruct_to must be a block index in 0..{len(self.block_ends) - 2}, got {reconstruct_to!r}")
         self.iterations = iterations
         self.reconstruct_to = reconstruct_to
         self.output = output
         self.residual = residual
+        self.relu_mixing = relu_mixing
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -111,7 +116,7 @@ class CNNF(nn.Module):
     def settings(self) -> dict:
         """The constructor arguments besides the spec (stored in checkpoints)."""
         return {"iterations": self.iterations, "reconstruct_to": self.reconstruct_to, "output": self.output,
-                "residual": self.residual}
+                "residual": self.residual, "relu_mixing": self.relu_mixing}
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (B, classes) after `iterations` feedback steps, `output` mode."""
@@ -230,14 +235,14 @@ class CNNF(nn.Module):
         return self.block_ends[k]
 
 
-def _check_settings(iterations: int, reconstruct_to: int, output: str, residual: float, blocks: int) -> None:
+def _check_settings(iterations: int, output: str, residual: float, relu_mixing: float) -> None:
     if not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
-    if not isinstance(reconstruct_to, int) or not 0 <= reconstruct_to < blocks:
-        raise ValueError(f"reconstruct_to must be a block index in 0..{blocks - 1}, got {reconstruct_to!r}")
     scoring.check_output(output)
     if not 0 < residual <= 1:
         raise ValueError(f"residual must be in (0, 1], got {residual!r}")
+    if not 0 <= relu_mixing < 1:
+        raise ValueError(f"relu_mixing must be in [0, 1), got {relu_mixing!r}")
 
 
 def _check_shape(h: Tensor, shape: Sequence[int], what: str) -> None:

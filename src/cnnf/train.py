@@ -43,7 +43,8 @@ def adam(parameters, lr: float, weight_decay: float) -> torch.optim.Adam:
 
 
 def build_model(config: TrainConfig) -> CNNF:
-    settings = {"iterations": config.iterations, "output": config.output, "residual": config.residual}
+    settings = {"iterations": config.iterations, "output": config.output, "residual": config.residual,
+                "relu_mixing": config.relu_mixing}
     if config.reconstruct_to is not None:
         settings["reconstruct_to"] = config.reconstruct_to
     return create_model(config.model, **settings)

@@ -38,7 +38,7 @@ _MODELS = {
     "conv4_mnist": (CONV4_MNIST, {"reconstruct_to": 2}),
 }
 
-OVERRIDES = ("iterations", "reconstruct_to", "output", "residual", "norm")
+OVERRIDES = ("iterations", "reconstruct_to", "output", "residual", "relu_mixing", "norm")
 
 
 def list_models() -> list[str]:
@@ -50,7 +50,7 @@ def create_model(name: str, **overrides) -> CNNF:
     """Build a registered architecture.
 
     Overrides: iterations, reconstruct_to, output ("last" | "average"), residual (r in (0, 1]),
-    norm ("instance" or None: None removes every instance-normalisation layer).
+    relu_mixing (the released code's AdaReLU, m in [0, 1); 0 is the paper), norm ("instance" or None: None removes every instance-normalisation layer).
     """
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")

@@ -83,13 +83,17 @@ def feedback(layers: nn.ModuleList, g: Tensor, latents: Sequence[Tensor | None],
 
 
 def norm_segments(layers: Sequence[nn.Module]) -> dict[int, int]:
-    """Runs of InstanceNorm, spatial Bias, optionally AdaReLU and optionally AdaPool that
-    `run_norm_segment` computes in one kernel: {index of the norm: index after the run's last layer}."""
+    """Runs of InstanceNorm, spatial Bias, optionally AdaReLU (the paper's, without mixing) and
+    optionally AdaPool that `run_norm_segment` computes in one kernel: {index of the norm: index
+    after the run's last layer}."""
     runs = {}
     for i in range(len(layers) - 1):
         if isinstance(layers[i], InstanceNorm) and isinstance(layers[i + 1], Bias) and layers[i + 1].spatial:
             end = i + 2
             if end < len(layers) and isinstance(layers[end], AdaReLU):
+                if layers[end].mixing:  # the kernels implement the paper's AdaReLU only
+                    runs[i] = end
+                    continue
                 end += 1
             if end < len(layers) and isinstance(layers[end], AdaPool):
                 end += 1
