@@ -1,9 +1,9 @@
-// Fused CPU kernels for CNN-F's memory-bound layers (issue 7), on channels-last feature maps.
+// Fused CPU kernels for CNN-F's memory-bound layers (the fast backend, cnnf.fast), on channels-last maps.
 //
 // Each kernel does in one sweep per sample what the layer-by-layer path does in several passes
 // over the whole batch: a sample's map (H*W pixels x C channels, 25-200 KB) stays in cache
 // between the reduction and the elementwise pass. Float and double; results equal the layer
-// path up to the order of the H*W sums (tests/test_fast_paths.py compares them in float64).
+// path up to the order of the H*W sums (tests/test_kernels.py and tests/test_backends.py, float64).
 //
 //   norm_bias_relu_forward:  y = f * r + b,  r = (mean_{H,W} f^2 + eps)^(-1/2)   (appendix A.4)
 //                            out = z * y,    z = 1(y > 0) or 1(y * g > 0)        (AdaReLU, eq. 3)
