@@ -52,13 +52,7 @@ def _needs(name):
         pytest.importorskip("pyautoattack", reason="pyautoattack not installed: pip install pyautoattack==0.2.0")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: far faster than two on a busy 2-core machine, and kind to it."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n, shape=(1, 28, 28), seed=0):

@@ -19,6 +19,7 @@ from cnnf.data import DataError, load_dataset
 from cnnf.evaluate import Sweep, format_table, run_sweep
 from cnnf.model_card import export_pretrained
 from cnnf.plot import plot_results
+from cnnf.scoring import OUTPUTS
 from cnnf.train import RunFolderError, train
 from cnnf.zoo import list_models
 
@@ -85,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("plot", help="accuracy vs eps from one or more results files")
     p.add_argument("results", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True, help="image file, e.g. results/fig6.png")
-    p.add_argument("--output", default="last", choices=("last", "average"))
+    p.add_argument("--output", default="last", choices=OUTPUTS)
     p.set_defaults(handler=_plot)
 
     p = commands.add_parser("export", help="ship a finished run as a pretrained model with a model card")
@@ -135,9 +136,9 @@ def _test(args: argparse.Namespace) -> int:
     test_set = load_dataset(dataset, data_dir)["test"]
     acc = accuracy_per_iteration(model, test_set, iterations)
     print(f"clean test accuracy on {dataset} ({len(test_set)} images), model trained with N = {model.iterations}")
-    print(f"{'iterations':>10}  {'last':>7}  {'average':>7}")
+    print(f"{'iterations':>10}" + "".join(f"  {mode:>7}" for mode in OUTPUTS))
     for t in range(iterations + 1):
-        print(f"{t:>10}  {100 * acc['last'][t]:6.2f}%  {100 * acc['average'][t]:6.2f}%")
+        print(f"{t:>10}" + "".join(f"  {100 * acc[mode][t]:6.2f}%" for mode in OUTPUTS))
     return 0
 
 

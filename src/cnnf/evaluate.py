@@ -26,9 +26,9 @@ from cnnf.attacks import AttackSpec, gradient_source, pgd
 from cnnf.data import ImageSet
 from cnnf.model import CNNF
 from cnnf.model_card import git_revision
+from cnnf.scoring import OUTPUTS, scores_per_step
 from cnnf.sweep_progress import SweepProgress, fingerprint
 
-OUTPUT_MODES = ("last", "average")
 NOISE_POINTS = 1.0  # accuracy differences below this many points count as noise in sanity checks
 
 
@@ -40,7 +40,7 @@ class Sweep:
     targets: list[str]
     eps: list[float]
     iterations: list[int]
-    outputs: tuple[str, ...] = OUTPUT_MODES
+    outputs: tuple[str, ...] = OUTPUTS
     seeds: list[int] = field(default_factory=lambda: [0])
     batch_size: int = 250
     early_stop: bool = True  # "e2e" PGD keeps each image's first misclassified iterate
@@ -150,12 +150,8 @@ def _batch_flags(model: CNNF, x: torch.Tensor, y: torch.Tensor, sweep: Sweep, ad
         x = spec.run(model_fn, x, y, eps, generator, early_stop=_early_stop(sweep, spec, model_fn.target))
     with torch.inference_mode():
         logits = torch.stack(model.infer(x, iterations=max(sweep.iterations), drives_only=True).logits)  # (N + 1, B, classes)
-    flags = {}
-    for t in sweep.iterations:
-        outputs = {"last": logits[t], "average": logits[: t + 1].mean(0)}
-        for mode in sweep.outputs:
-            flags[(t, mode)] = outputs[mode].argmax(1) == y
-    return flags
+    correct = {mode: scores_per_step(logits, mode).argmax(-1) == y for mode in sweep.outputs}  # (N + 1, B)
+    return {(t, mode): correct[mode][t] for t in sweep.iterations for mode in sweep.outputs}
 
 
 def _concatenate(batches: list[dict[tuple, torch.Tensor]]) -> dict[tuple, torch.Tensor]:

@@ -38,7 +38,7 @@ def export_pretrained(run_dir: str | Path, name: str, command: str, out_dir: Pat
         "epochs_note": _epochs_note(len(records), config),
         "validation_accuracy": records[-1]["val_acc"],
         **_adversarial_card(config, records[-1]),
-        "test_accuracy": {"last": test["last"], "average": test["average"], "iterations": list(range(model.iterations + 1))},
+        "test_accuracy": {**test, "iterations": list(range(model.iterations + 1))},
         "train_images_per_s": records[-1]["images_per_s"],
         "command": command,
         "training_config": config,

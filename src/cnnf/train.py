@@ -25,6 +25,7 @@ from cnnf.config import ConfigError, TrainConfig, learning_rate, load_config, sa
 from cnnf.data import ImageSet, load_dataset, train_val_split
 from cnnf.losses import LossWeights
 from cnnf.model import CNNF
+from cnnf.scoring import OUTPUTS
 from cnnf.steps import Adversary, make_step
 from cnnf.zoo import create_model
 
@@ -155,7 +156,7 @@ def _finish_epoch(config: TrainConfig, model: CNNF, val_set: ImageSet, position:
     record = {"epoch": position["epoch"] + 1, "step": position["global_step"] + position["step"]}
     record.update({f"loss_{name}": totals[name] / max(totals["seen"], 1) for name in TERMS})
     record.update(train_acc=totals["correct"] / max(totals["seen"], 1), images_per_s=totals["seen"] / max(totals["seconds"], 1e-9))
-    record.update(val_acc=val[config.output][-1], val_acc_last=val["last"], val_acc_average=val["average"])
+    record.update(val_acc=val[config.output][-1], **{f"val_acc_{mode}": val[mode] for mode in OUTPUTS})
     if config.adversarial is not None:
         seen = max(totals["seen"], 1)
         record.update(train_acc=None if config.adversarial["mode"] == "conventional" else record["train_acc"],

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from cnnf.attacks.threat import ModelFn, check_batch, check_count, check_eps, eval_mode, project
+from cnnf.attacks.threat import ModelFn, check_batch, check_eps, eval_mode, project
+from cnnf.inputs import check_count
 
 VERSIONS = ("standard", "plus", "rand", "custom")
 ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")

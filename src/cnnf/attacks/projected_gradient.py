@@ -8,7 +8,6 @@ from torch import Tensor
 from cnnf.attacks.threat import (
     ModelFn,
     check_batch,
-    check_count,
     check_eps,
     check_positive,
     eval_mode,
@@ -17,6 +16,7 @@ from cnnf.attacks.threat import (
     project,
     radius,
 )
+from cnnf.inputs import check_count
 
 
 def default_step_size(eps: float) -> float:

@@ -14,13 +14,13 @@ from torch import Tensor
 from cnnf.attacks.threat import (
     ModelFn,
     check_batch,
-    check_count,
     check_eps,
     check_positive,
     eval_mode,
     predict,
     project,
 )
+from cnnf.inputs import check_count
 
 LOSSES = ("margin", "ce")
 UPDATES = ("adam", "sign")

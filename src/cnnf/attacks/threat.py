@@ -44,13 +44,6 @@ def check_eps(eps: object) -> float:
     return float(eps)
 
 
-def check_count(value: object, name: str, minimum: int = 1) -> int:
-    """Check that `value` is an integer >= minimum (steps, restarts, samples, ...)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def check_positive(value: object, name: str) -> float:
     """Check that `value` is a finite number > 0 (step sizes, delta, learning rate)."""
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
