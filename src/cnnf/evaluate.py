@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cnnf.attacks import AttackSpec, gradient_source, pgd
+from cnnf.attacks import AttackSpec, gradient_source
 from cnnf.data import ImageSet
 from cnnf.model import CNNF
 from cnnf.model_card import git_revision
@@ -159,8 +159,9 @@ def _concatenate(batches: list[dict[tuple, torch.Tensor]]) -> dict[tuple, torch.
 
 
 def _early_stop(sweep: Sweep, spec: AttackSpec, target: str) -> bool:
-    """PGD stops early only where the attacked function is the scored one ("e2e")."""
-    return sweep.early_stop and target == "e2e" and spec.fn is pgd
+    """An attack that can stop early (PGD) does so only where the attacked function is the
+    scored one ("e2e")."""
+    return sweep.early_stop and target == "e2e" and spec.stops_early
 
 
 def _row(key: tuple, flags: list[torch.Tensor], sweep: Sweep, seconds: dict) -> dict:
