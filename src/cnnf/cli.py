@@ -165,8 +165,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = run_sweep(model, test_set, sweep, cnn=cnn, progress=progress,
                        report=lambda line: print(line, file=sys.stderr, flush=True), pieces=tuple(args.pieces),
                        keep_progress=args.keep_progress)
-    result["meta"]["model"] = args.pretrained or str(args.run_dir)
-    out.write_text(json.dumps(result, indent=1))
+    result.meta["model"] = args.pretrained or str(args.run_dir)
+    out.write_text(json.dumps(result.to_plain(), indent=1))
     print(format_table(result))
     plot_results([out], out.with_suffix(".png"), output=model.output)
     print(f"results: {out}  plot: {out.with_suffix('.png')}")
