@@ -93,8 +93,10 @@ def test_interrupted_sweep_resumes_where_it_stopped(tiny, tmp_path: Path, monkey
     lines = []
     resumed = _interrupt_and_resume(tiny, sweep, tmp_path / "sweep.progress.pt", log, report=lines.append)
     assert len(log) == 2 and resumed.meta["resumed_runs"] == 2  # 4 runs: 2 saved, 2 left
-    assert len(lines) == 4 and sum("(saved earlier)" in line for line in lines) == 2
-    assert lines[0].startswith("fgsm first eps=0.05 seed=0: ") and "at N=1 last" in lines[0]
+    assert lines[0] == f"resuming the sweep saved in {tmp_path / 'sweep.progress.pt'}"
+    runs = lines[1:]
+    assert len(runs) == 4 and sum("(saved earlier)" in line for line in runs) == 2
+    assert runs[0].startswith("fgsm first eps=0.05 seed=0: ") and "at N=1 last" in runs[0]
     assert [r.accuracies for r in resumed.rows] == [r.accuracies for r in reference.rows]
 
 
@@ -174,7 +176,7 @@ def test_evaluate_command_writes_results_and_plot(tiny, tmp_path: Path, capsys):
 
 
 @pytest.mark.parametrize("flag, value, needle", [("--attacks", "pgd,cw", "unknown"), ("--targets", "last", "unknown target"),
-                                                  ("--eps", "0,a", "--eps"), ("--merge", "nowhere.progress.pt", "no progress file")])
+                                                  ("--eps", "0,a", "--eps"), ("--merge", "nowhere.progress.pt", "argument --merge: no file nowhere.progress.pt")])
 def test_evaluate_bad_arguments(tiny, capsys, flag, value, needle):
     _, _, run = tiny
     assert main(["evaluate", str(run), flag, value]) == 2

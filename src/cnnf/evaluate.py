@@ -99,7 +99,8 @@ def run_sweep(
     progress: a file to save finished attack runs and batches in; an interrupted sweep called
     again with the same file, model, images and settings skips what is already there. The file
     is deleted when the sweep completes.
-    report: called with one line per finished attack run (e.g. print, for long sweeps).
+    report: called with one line per finished attack run, and one on resuming from `progress`
+    (e.g. print, for long sweeps).
     pieces: progress files of parts of this same sweep run in other processes (e.g. other eps
     on another core); their finished runs are taken instead of being run again.
     keep_progress: keep the progress file when the sweep completes (a piece to merge later).
@@ -110,7 +111,10 @@ def run_sweep(
     sweep.attacked = Scoring(model.iterations, model.output)
     sources = {target: gradient_source(model, target, cnn=cnn) for target in sweep.targets}
     meta = _meta(model, images, sweep)  # git revision and date of the code that starts the sweep
+    resuming = progress is not None and progress.exists()
     saved = SweepProgress(progress, _fingerprint(model, images, sweep, cnn))
+    if resuming and report is not None:
+        report(f"resuming the sweep saved in {progress}")
     for piece in pieces:
         saved.absorb(piece)
     clean = _robust_flags(model, images, sweep, attacker=None)
