@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -104,7 +103,8 @@ def test_a_stale_progress_file_does_not_mask_a_bad_argument(run: Path, tmp_path:
 def test_a_stale_progress_file_of_another_sweep_is_named(run: Path, tmp_path: Path, capsys):
     out = tmp_path / "results" / "tiny.json"
     _stale_progress(out)
-    err = _error(capsys, ["evaluate", str(run), "--attacks", "fgsm", "--targets", "first", "--eps", "0.1", "--out", str(out)])
+    err = _error(capsys, ["evaluate", str(run), "--attacks", "fgsm", "--targets", "first", "--eps", "0.1",
+                          "--out", str(out)])
     assert f"{out.with_suffix('.progress.pt')} holds the progress of a different sweep" in err
 
 

@@ -119,7 +119,8 @@ def test_existing_run_folder_is_refused_and_untouched(tiny_config: Path, tmp_pat
 
 @pytest.mark.parametrize(
     "override, needle",
-    [("epochs=ten", "epochs must be int"), ("learning_rate=0.1", "config: unknown key(s) learning_rate"), ("epochs=0", "epochs must be >= 1")],
+    [("epochs=ten", "epochs must be int"), ("learning_rate=0.1", "config: unknown key(s) learning_rate"), ("epochs=0", "epochs must be >= 1"),
+     ("output=mean", "output must be one of last, average")],
 )
 def test_bad_config_values(tiny_config: Path, tmp_path: Path, capsys, override: str, needle: str):
     _one_line_error(capsys, ["train", "--config", str(tiny_config), "--out", str(tmp_path / "r"), "--set", override], needle)

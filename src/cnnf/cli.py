@@ -129,8 +129,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_model_source(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("run_dir", nargs="?", type=_from_library(_model_source), help="a run folder (uses its model.pt)")
-    source.add_argument("--pretrained", metavar="NAME", type=_from_library(_pretrained), help="a shipped model (cnnf list-models)")
+    source.add_argument("run_dir", nargs="?", type=_from_library(_model_source),
+                        help="a run folder (uses its model.pt), a checkpoint file or a shipped model's name")
+    source.add_argument("--pretrained", metavar="NAME", type=_from_library(_pretrained),
+                        help="a shipped model (cnnf list-models)")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -320,13 +322,15 @@ def _image_file(text: str) -> Path:
 
     kinds = FigureCanvasBase.get_supported_filetypes()
     if Path(text).suffix.lstrip(".").lower() not in kinds:
-        raise argparse.ArgumentTypeError(f"expected an image file ending in one of .{', .'.join(sorted(kinds))}, got {text!r}")
+        endings = ", .".join(sorted(kinds))
+        raise argparse.ArgumentTypeError(f"expected an image file ending in one of .{endings}, got {text!r}")
     return _new_file(text)
 
 
 def _model_name(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text):
-        raise argparse.ArgumentTypeError(f"expected a name of letters, digits, '_', '.' and '-', e.g. cnnf5_fmnist, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a name of letters, digits, '_', '.' and '-', e.g. cnnf5_fmnist, got {text!r}")
     return text
 
 

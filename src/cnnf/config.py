@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from cnnf.records import allowed_types, from_plain
+from cnnf.scoring import OUTPUTS
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -69,6 +70,8 @@ class TrainConfig:
             raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
         if not (0 < self.lr < math.inf):
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.output not in OUTPUTS:
+            raise ConfigError(f"output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
 

@@ -173,12 +173,13 @@ def _attack_run(model: CNNF, images: ImageSet, sweep: Sweep, attacker: Attacker,
     return AttackRun(_concatenate([done[i] for i in sorted(done)]), seconds)
 
 
-def _batch_flags(model: CNNF, x: torch.Tensor, y: torch.Tensor, sweep: Sweep, attacker: Attacker | None, batch: int) -> Flags:
+def _batch_flags(model: CNNF, x: torch.Tensor, y: torch.Tensor, sweep: Sweep, attacker: Attacker | None,
+                 batch: int) -> Flags:
     """Per scoring: correct predictions on batch number `batch`, attacked by `attacker` or clean (None)."""
     if attacker is not None and attacker.key.eps > 0:  # at eps = 0 every attack returns x
-        key = attacker.key
+        spec, key = attacker.spec, attacker.key
         generator = torch.Generator().manual_seed(key.seed * 1_000_003 + batch)
-        x = attacker.spec.run(attacker.source, x, y, key.eps, generator, early_stop=_early_stop(sweep, attacker.spec, key.target))
+        x = spec.run(attacker.source, x, y, key.eps, generator, early_stop=_early_stop(sweep, spec, key.target))
     with torch.inference_mode():
         logits = torch.stack(model.infer(x, iterations=max(sweep.iterations), drives_only=True).logits)  # (N + 1, B, classes)
     correct = {mode: scores_per_step(logits, mode).argmax(-1) == y for mode in sweep.outputs}  # (N + 1, B)
@@ -216,8 +217,9 @@ def _worst_case_rows(runs: dict[RunKey, AttackRun], sweep: Sweep) -> list[Row]:
     """A row per eps and scoring: robust only against every attack and target, seed by seed."""
     rows = []
     for eps, scoring in itertools.product(sweep.eps, sweep.scorings()):
-        per_seed = [torch.stack([run.flags[scoring] for key, run in runs.items() if key.eps == eps and key.seed == seed]).all(0)
-                    for seed in sweep.seeds]
+        runs_per_seed = [[run.flags[scoring] for key, run in runs.items() if key.eps == eps and key.seed == seed]
+                         for seed in sweep.seeds]
+        per_seed = [torch.stack(flags).all(0) for flags in runs_per_seed]
         rows.append(Row(
             attack="worst-case", target="all", eps=eps, steps=None, restarts=None, step_size=None,
             iterations=scoring.iterations, output=scoring.output, attacked_output=None,
@@ -240,7 +242,8 @@ def sanity_checks(result: SweepResult, model: CNNF, images: ImageSet, sweep: Swe
     for r in (r for r in rows if r.eps == 0):
         clean = result.clean[str(Scoring(r.iterations, r.output))]
         checks.append(Check(check="accuracy at eps 0 equals clean accuracy", passed=abs(r.accuracy_mean - clean) < 1e-12,
-                            detail=f"{r.attack}/{r.target} N={r.iterations} {r.output}: {r.accuracy_mean:.4f} vs {clean:.4f}"))
+                            detail=f"{r.attack}/{r.target} N={r.iterations} {r.output}: "
+                                   f"{r.accuracy_mean:.4f} vs {clean:.4f}"))
     for curve, points in _curves(rows).items():
         accs = [100 * acc for _, acc in sorted(points.items())]
         rises = [b - a for a, b in zip(accs, accs[1:]) if b - a > NOISE_POINTS]

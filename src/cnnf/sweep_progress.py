@@ -5,8 +5,8 @@ The file (`NAME.progress.pt` beside the results) holds a fingerprint of what is 
 (model weights and settings, images, sweep settings); per finished run (a `RunKey`: seed,
 attack, target, eps), the per-image robust flags at every `Scoring` (iterations, output mode)
 and the seconds it took; and the finished batches of the run in progress, so a long run
-(AutoAttack on a 5-iteration model takes hours) resumes mid-way. It is written atomically after every batch and read with
-torch.load(weights_only=True).
+(AutoAttack on a 5-iteration model takes hours) resumes mid-way. It is written atomically
+after every batch and read with torch.load(weights_only=True).
 """
 
 from __future__ import annotations

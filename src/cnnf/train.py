@@ -200,7 +200,8 @@ def _train_epoch(run_dir: Path, config: TrainConfig, model: CNNF, optimizer, ste
         totals.add(result, len(y), time.perf_counter() - start)
         position.step += 1
         bar.update()
-        bar.set_postfix(loss=f"{totals.mean('total'):.3f}", acc=f"{totals.train_accuracy:.3f}", ips=f"{totals.images_per_s:.0f}")
+        bar.set_postfix(loss=f"{totals.mean('total'):.3f}", acc=f"{totals.train_accuracy:.3f}",
+                        ips=f"{totals.images_per_s:.0f}")
         if position.step % config.checkpoint_every == 0:
             _save_training_state(run_dir, config, model, optimizer, position)
         if bar.disable and position.step % 50 == 0:

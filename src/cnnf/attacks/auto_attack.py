@@ -118,7 +118,6 @@ def autoattack(
     return project(x + 2 * (u_adv.to(x) - u), x, eps)
 
 
-
 class AutoAttackSpec(AttackSpec):
     """AutoAttack as a registry entry: the spec's options (e.g. version), AutoAttack's seed drawn
     from the run's generator (0 without one); its own schedule, no single step size."""
@@ -127,6 +126,7 @@ class AutoAttackSpec(AttackSpec):
             generator: torch.Generator | None = None, early_stop: bool = False) -> Tensor:
         seed = 0 if generator is None else int(torch.randint(0, 2**31 - 1, (), generator=generator))
         return autoattack(model_fn, x, y, eps, seed=seed, **self.options)
+
 
 def _set_apgd_iterations(attack, n_iter: int) -> None:
     """Change an APGD attack's iterations and its step-size checkpoints (set from n_iter in its
