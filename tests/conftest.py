@@ -10,3 +10,12 @@ def float64():
     torch.manual_seed(0)
     yield
     torch.set_default_dtype(previous)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: far faster than two on a busy 2-core machine, and kind to it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

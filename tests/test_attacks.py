@@ -12,6 +12,7 @@ from torch import nn
 import cnnf
 from cnnf.attacks import (
     ATTACKS,
+    AttackSpec,
     TARGETS,
     autoattack,
     default_step_size,
@@ -22,6 +23,7 @@ from cnnf.attacks import (
     project,
     spsa,
 )
+from cnnf.attacks import auto_attack, fast_gradient, projected_gradient, simultaneous_perturbation
 from cnnf.attacks.simultaneous_perturbation import _estimate_gradient, _margin
 from cnnf.model import CNNF
 
@@ -52,13 +54,7 @@ def _needs(name):
         pytest.importorskip("pyautoattack", reason="pyautoattack not installed: pip install pyautoattack==0.2.0")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: far faster than two on a busy 2-core machine, and kind to it."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n, shape=(1, 28, 28), seed=0):
@@ -417,6 +413,49 @@ def test_parse_attacks_and_spec_descriptions():
     assert ATTACKS["autoattack"].step_size(0.1) is None
 
 
+DISPATCH = [
+    ("fgsm", fast_gradient, "fgsm", (), {}),
+    ("pgd7", projected_gradient, "pgd", (7,), {"restarts": 1, "early_stop": True}),
+    ("pgd40", projected_gradient, "pgd", (40,), {"restarts": 1, "early_stop": True}),
+    ("spsa", simultaneous_perturbation, "spsa", (), {"steps": 100, "samples": 128, "lr": 0.02}),
+    ("autoattack", auto_attack, "autoattack", (), {"version": "standard"}),
+]
+
+
+@pytest.mark.parametrize("name, module, function, args, kwargs", DISPATCH)
+def test_each_registered_attack_runs_its_own_function(monkeypatch, name, module, function, args, kwargs):
+    """A registry entry runs its attack with its settings and the run's generator; no other
+    attack function is called, and only PGD is handed early_stop."""
+    calls = []
+    for _, other_module, other, _, _ in DISPATCH:
+        recorder = lambda f, x, y, eps, *a, _name=other, **k: calls.append((_name, a, k)) or x  # noqa: E731
+        monkeypatch.setattr(other_module, other, recorder)
+    x, y = _images(2)
+    generator = torch.Generator().manual_seed(0)
+    assert ATTACKS[name].run(lambda images: images.flatten(1)[:, :10], x, y, 0.1, generator, early_stop=True) is x
+    ((called, called_args, called_kwargs),) = calls
+    assert called == function and called_args == args
+    assert kwargs.items() <= called_kwargs.items()
+    assert ("early_stop" in called_kwargs) == ATTACKS[name].stops_early == (function == "pgd")
+    if function in ("pgd", "spsa"):
+        assert called_kwargs["generator"] is generator
+
+
+def test_a_new_attack_spec_needs_no_registry_change():
+    """Any AttackSpec subclass runs where a registered one does: callers only call `run`."""
+
+    class Nudge(AttackSpec):
+        def run(self, model_fn, x, y, eps, generator=None, early_stop=False):
+            return project(x + 1.0, x, eps)
+
+    x, y = _images(2)
+    spec = Nudge("nudge", 1, 1)
+    assert (spec.run(None, x, y, 0.1) - x).abs().max() <= 0.2 + 1e-6
+    assert spec.describe(0.1)["step_size"] is None and not spec.stops_early
+    with pytest.raises(TypeError, match="abstract"):
+        AttackSpec("bare", 1, 1)
+
+
 @pytest.mark.parametrize("text", ["fgsm,cw", "", " , "])
 def test_parse_attacks_errors_list_known_names(text):
     with pytest.raises(ValueError, match="fgsm, pgd7, pgd20, pgd40, spsa, autoattack"):
@@ -450,6 +489,8 @@ def test_bad_images_and_labels_raise(name):
         CHEAP[name](model, x[0], y, 0.1)
     with pytest.raises(ValueError, match="labels"):
         CHEAP[name](model, x, y[:1], 0.1)
+    with pytest.raises(ValueError, match=r"empty batch \(0 images\)"):
+        CHEAP[name](model, x[:0], y[:0], 0.1)
 
 
 def test_bad_counts_raise():

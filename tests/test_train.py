@@ -121,7 +121,8 @@ def test_existing_run_folder_is_refused_and_untouched(tiny_config: Path, tmp_pat
 
 @pytest.mark.parametrize(
     "override, needle",
-    [("epochs=ten", "epochs must be int"), ("learning_rate=0.1", "unknown config key"), ("epochs=0", "epochs must be >= 1")],
+    [("epochs=ten", "epochs must be int"), ("learning_rate=0.1", "config: unknown key(s) learning_rate"), ("epochs=0", "epochs must be >= 1"),
+     ("output=mean", "output must be one of last, average")],
 )
 def test_bad_config_values(tiny_config: Path, tmp_path: Path, capsys, override: str, needle: str):
     _one_line_error(capsys, ["train", "--config", str(tiny_config), "--out", str(tmp_path / "r"), "--set", override], needle)
@@ -188,6 +189,8 @@ def test_cosine_schedule_decays_from_lr_to_zero_per_step():
     assert learning_rate(TrainConfig(lr=1e-3), 15, steps_per_epoch=10) == 1e-3
     with pytest.raises(ConfigError, match="lr_schedule must be one of constant, cosine"):
         TrainConfig.from_dict({"lr_schedule": "step"})
+    with pytest.raises(ConfigError, match="relu_mixing must be in"):
+        TrainConfig.from_dict({"relu_mixing": 1.5})
 
 
 def test_training_steps_use_the_scheduled_learning_rate(tiny_config: Path, tmp_path: Path):

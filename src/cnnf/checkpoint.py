@@ -1,7 +1,7 @@
 """Checkpoints: written atomically, read with `weights_only=True`, checked before use.
 
 A checkpoint is a plain dict: {"format", "spec", "settings", "model"} plus, for training
-state, {"optimizer", "epoch", "step", "rng", "totals", "config"}.
+state, {"optimizer", "rng", "position", "config"} (position: a `cnnf.train.Position` as plain data).
 """
 
 from __future__ import annotations

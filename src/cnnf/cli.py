@@ -1,11 +1,18 @@
-"""The `cnnf` command: train, test and list models. Bad input exits with code 2 and one line."""
+"""The `cnnf` command: train, test and list models. Bad input exits with code 2 and one line.
+
+Every argument is checked while the command line is parsed (argparse `type=` converters that
+reuse the library's own checks), before any model, data set or progress file is read.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn, TypeVar
 
 import torch
 import yaml
@@ -14,22 +21,32 @@ from cnnf import checkpoint
 from cnnf.accuracy import accuracy_per_iteration
 from cnnf.fast.allocator import keep_freed_memory
 from cnnf.attacks import TARGETS, parse_attacks
+from cnnf.attacks.threat import check_eps
 from cnnf.config import ConfigError, load_config
-from cnnf.data import DataError, load_dataset
+from cnnf.data import DATASETS, DataError, load_dataset
 from cnnf.evaluate import Sweep, format_table, run_sweep
 from cnnf.model_card import export_pretrained
 from cnnf.plot import plot_results
+from cnnf.scoring import OUTPUTS
 from cnnf.train import RunFolderError, train
 from cnnf.zoo import list_models
 
-USER_ERRORS = (ConfigError, DataError, checkpoint.CheckpointError, RunFolderError, ValueError)
+T = TypeVar("T")
+
+
+class UsageError(ValueError):
+    """A malformed command line; the message names the argument and the fix."""
+
+
+USER_ERRORS = (ConfigError, DataError, checkpoint.CheckpointError, RunFolderError, ValueError, OSError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    keep_freed_memory()  # faster CPU steps in a fresh process; see cnnf.fast.allocator
+    """Run the command line `argv` (default: sys.argv); the exit code: 0, 2 after one error
+    line for bad input, 130 when interrupted."""
     try:
+        args = _parser().parse_args(argv)
+        keep_freed_memory()  # faster CPU steps in a fresh process; see cnnf.fast.allocator
         return args.handler(args)
     except USER_ERRORS as error:
         print(f"cnnf: error: {error}", file=sys.stderr)
@@ -40,8 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise UsageError (one line in `main`) instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnnf", description="CNN-F: CNNs with recurrent generative feedback")
+    parser = _Parser(prog="cnnf", description="CNN-F: CNNs with recurrent generative feedback")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     p = commands.add_parser("train", help="train a model from a config (or resume a run)")
@@ -55,43 +79,47 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("test", help="clean test accuracy after every iteration count 0..N")
     _add_model_source(p)
-    p.add_argument("--iterations", type=int, help="evaluate 0..N iterations (default: the model's N)")
-    p.add_argument("--dataset", help="fashion-mnist or mnist (default: the one the model was trained on)")
-    p.add_argument("--data-dir", type=Path, help="folder holding the data set files")
+    p.add_argument("--iterations", type=_count(0), help="evaluate 0..N iterations (default: the model's N)")
+    p.add_argument("--dataset", choices=DATASETS, help="default: the one the model was trained on")
+    p.add_argument("--data-dir", type=_folder, help="folder holding the data set files")
     p.set_defaults(handler=_test)
 
     p = commands.add_parser("evaluate", help="robustness sweep: attacks x targets x eps, scored per iteration count")
     _add_model_source(p)
-    p.add_argument("--attacks", default="fgsm,pgd40", help="comma list: fgsm, pgd7, pgd20, pgd40, spsa, autoattack")
-    p.add_argument("--targets", default="first,e2e", help="gradient sources: first, cnn, e2e")
-    p.add_argument("--eps", default="0,0.05,0.1,0.15,0.2,0.25,0.3", help="comma list, [0, 1] image units")
-    p.add_argument("--iterations", help="comma list of iteration counts to score (default 0..N)")
-    p.add_argument("--subset", type=int, help="first n test images (default: all)")
-    p.add_argument("--seeds", type=int, default=1, help="attack seeds (random starts); mean and std over them")
-    p.add_argument("--cnn", type=Path, help="run folder or checkpoint of a CNN for --targets cnn")
-    p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--merge", dest="pieces", action="append", type=Path, default=[], metavar="PROGRESS_FILE",
+    p.add_argument("--attacks", type=_from_library(parse_attacks), default="fgsm,pgd40",
+                   help="comma list: fgsm, pgd7, pgd20, pgd40, spsa, autoattack (or pgd<N>)")
+    p.add_argument("--targets", type=_comma_list(_target, "first,e2e"), default="first,e2e",
+                   help="gradient sources: first, cnn, e2e")
+    p.add_argument("--eps", type=_comma_list(_from_library(_eps), "0,0.1,0.3"), default="0,0.05,0.1,0.15,0.2,0.25,0.3",
+                   help="comma list, [0, 1] image units")
+    p.add_argument("--iterations", type=_comma_list(_count(0), "0,1,5"),
+                   help="comma list of iteration counts to score (default 0..N)")
+    p.add_argument("--subset", type=_count(1), help="first n test images (default: all)")
+    p.add_argument("--seeds", type=_count(1), default=1, help="attack seeds (random starts); mean and std over them")
+    p.add_argument("--cnn", type=_from_library(_model_source), help="run folder or checkpoint of a CNN for --targets cnn")
+    p.add_argument("--batch-size", type=_count(1), default=250)
+    p.add_argument("--merge", dest="pieces", action="append", type=_file, default=[], metavar="PROGRESS_FILE",
                    help="take finished runs from the progress file of a piece of this sweep run elsewhere "
                         "(the same command with other --eps or --targets and another --out); repeatable")
     p.add_argument("--keep-progress", action="store_true",
                    help="keep OUT.progress.pt when the sweep completes, to --merge it into a larger sweep")
     p.add_argument("--no-early-stop", action="store_true",
                    help="run every PGD step on every image (default: e2e PGD keeps each image's first misclassified iterate)")
-    p.add_argument("--dataset", help="default: the dataset the model was trained on")
-    p.add_argument("--data-dir", type=Path)
-    p.add_argument("--out", type=Path, help="results JSON (default: results/NAME.json); a plot is written beside it")
+    p.add_argument("--dataset", choices=DATASETS, help="default: the dataset the model was trained on")
+    p.add_argument("--data-dir", type=_folder)
+    p.add_argument("--out", type=_new_file, help="results JSON (default: results/NAME.json); a plot is written beside it")
     p.set_defaults(handler=_evaluate)
 
     p = commands.add_parser("plot", help="accuracy vs eps from one or more results files")
-    p.add_argument("results", nargs="+", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="image file, e.g. results/fig6.png")
-    p.add_argument("--output", default="last", choices=("last", "average"))
+    p.add_argument("results", nargs="+", type=_file)
+    p.add_argument("--out", type=_image_file, required=True, help="image file, e.g. results/fig6.png")
+    p.add_argument("--output", default="last", choices=OUTPUTS)
     p.set_defaults(handler=_plot)
 
     p = commands.add_parser("export", help="ship a finished run as a pretrained model with a model card")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--name", required=True, help="pretrained name, e.g. cnnf5_fmnist")
-    p.add_argument("--command", required=True, help="the exact command that trained the run (for the card)")
+    p.add_argument("run_dir", type=_folder)
+    p.add_argument("--name", type=_model_name, required=True, help="pretrained name, e.g. cnnf5_fmnist")
+    p.add_argument("--command", type=_text, required=True, help="the exact command that trained the run (for the card)")
     p.set_defaults(handler=_export)
 
     p = commands.add_parser("list-models", help="registered architectures and shipped pretrained weights")
@@ -101,8 +129,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_model_source(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("run_dir", nargs="?", type=Path, help="a run folder (uses its model.pt)")
-    source.add_argument("--pretrained", metavar="NAME", help="a shipped model (cnnf list-models)")
+    source.add_argument("run_dir", nargs="?", type=_from_library(_model_source),
+                        help="a run folder (uses its model.pt), a checkpoint file or a shipped model's name")
+    source.add_argument("--pretrained", metavar="NAME", type=_from_library(_pretrained),
+                        help="a shipped model (cnnf list-models)")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -135,37 +165,36 @@ def _test(args: argparse.Namespace) -> int:
     test_set = load_dataset(dataset, data_dir)["test"]
     acc = accuracy_per_iteration(model, test_set, iterations)
     print(f"clean test accuracy on {dataset} ({len(test_set)} images), model trained with N = {model.iterations}")
-    print(f"{'iterations':>10}  {'last':>7}  {'average':>7}")
+    print(f"{'iterations':>10}" + "".join(f"  {mode:>7}" for mode in OUTPUTS))
     for t in range(iterations + 1):
-        print(f"{t:>10}  {100 * acc['last'][t]:6.2f}%  {100 * acc['average'][t]:6.2f}%")
+        print(f"{t:>10}" + "".join(f"  {100 * acc[mode][t]:6.2f}%" for mode in OUTPUTS))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if "cnn" in args.targets and args.cnn is None:
+        raise UsageError("--targets cnn transfers from a separately trained CNN: give it with --cnn RUN_DIR_OR_CHECKPOINT")
     model, config = load_model_source(args)
     test_set = load_dataset(args.dataset or config.get("dataset", "fashion-mnist"), args.data_dir or config.get("data_dir"))["test"]
     if args.subset is not None:
         test_set = test_set.subset(torch.arange(min(args.subset, len(test_set))))
     sweep = Sweep(
-        attacks=parse_attacks(args.attacks),
-        targets=_names(args.targets, TARGETS, "target"),
-        eps=_numbers(args.eps, float, "eps"),
-        iterations=_numbers(args.iterations, int, "iterations") if args.iterations else list(range(model.iterations + 1)),
+        attacks=args.attacks,
+        targets=args.targets,
+        eps=args.eps,
+        iterations=args.iterations or list(range(model.iterations + 1)),
         seeds=list(range(args.seeds)),
         batch_size=args.batch_size,
         early_stop=not args.no_early_stop,
     )
-    cnn = checkpoint.load_model(args.cnn / "model.pt" if args.cnn.is_dir() else args.cnn) if args.cnn else None
+    cnn = checkpoint.load_model(checkpoint.source_path(args.cnn)) if args.cnn else None
     out = args.out or Path("results") / f"{args.pretrained or args.run_dir.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    progress = out.with_suffix(".progress.pt")
-    if progress.exists():
-        print(f"resuming the sweep saved in {progress}", file=sys.stderr)
-    result = run_sweep(model, test_set, sweep, cnn=cnn, progress=progress,
+    result = run_sweep(model, test_set, sweep, cnn=cnn, progress=out.with_suffix(".progress.pt"),
                        report=lambda line: print(line, file=sys.stderr, flush=True), pieces=tuple(args.pieces),
                        keep_progress=args.keep_progress)
-    result["meta"]["model"] = args.pretrained or str(args.run_dir)
-    out.write_text(json.dumps(result, indent=1))
+    result.meta["model"] = args.pretrained or str(args.run_dir)
+    out.write_text(json.dumps(result.to_plain(), indent=1))
     print(format_table(result))
     plot_results([out], out.with_suffix(".png"), output=model.output)
     print(f"results: {out}  plot: {out.with_suffix('.png')}")
@@ -173,26 +202,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    missing = [str(f) for f in args.results if not f.is_file()]
-    if missing:
-        raise ValueError(f"results file(s) not found: {', '.join(missing)}; run cnnf evaluate first")
     print(f"wrote {plot_results(args.results, args.out, output=args.output)}")
     return 0
-
-
-def _names(text: str, allowed: tuple, what: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in allowed]
-    if unknown or not names:
-        raise ValueError(f"unknown {what}(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(allowed)}")
-    return names
-
-
-def _numbers(text: str, kind: type, what: str) -> list:
-    try:
-        return [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--{what} must be a comma list of {kind.__name__} values, got {text!r}") from None
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -222,5 +233,113 @@ def _training_summary(card: dict) -> str:
     return summary
 
 
+# Argument converters: each returns the parsed value or raises ArgumentTypeError, which
+# argparse reports as "argument --NAME: MESSAGE".
+
+
+def _from_library(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """A converter from a library function that raises ValueError with a message for users."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """A converter to an integer >= minimum."""
+
+    def count(text: str) -> int:
+        if not re.fullmatch(r"\s*[+-]?\d+\s*", text) or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return int(text)
+
+    return count
+
+
+def _comma_list(item: Callable[[str], T], example: str) -> Callable[[str], list[T]]:
+    """A converter of a comma list, e.g. `example`, item by item."""
+
+    def comma_list(text: str) -> list[T]:
+        items = [part.strip() for part in text.split(",") if part.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma list, e.g. {example}, got {text!r}")
+        return [item(part) for part in items]
+
+    return comma_list
+
+
+def _eps(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected numbers in [0, 1] ([0, 1] image units, e.g. 0.1), got {text!r}") from None
+    return check_eps(value)
+
+
+def _target(text: str) -> str:
+    if text not in TARGETS:
+        raise argparse.ArgumentTypeError(f"unknown target {text!r}; choose from {', '.join(TARGETS)}")
+    return text
+
+
+def _model_source(text: str) -> Path:
+    """A run folder, a checkpoint file or a shipped model's name (see `checkpoint.source_path`)."""
+    checkpoint.source_path(text)
+    return Path(text)
+
+
+def _pretrained(name: str) -> str:
+    checkpoint.pretrained_path(name)
+    return name
+
+
+def _file(text: str) -> Path:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no file {text}; check the path")
+    return Path(text)
+
+
+def _folder(text: str) -> Path:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"no folder {text}; check the path")
+    return Path(text)
+
+
+def _new_file(text: str) -> Path:
+    """A file to write: not a folder."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name in it, e.g. {Path(text) / 'NAME.json'}")
+    return Path(text)
+
+
+def _image_file(text: str) -> Path:
+    """A file to write a figure to, of a type matplotlib writes (e.g. .png, .pdf, .svg)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if Path(text).suffix.lstrip(".").lower() not in kinds:
+        endings = ", .".join(sorted(kinds))
+        raise argparse.ArgumentTypeError(f"expected an image file ending in one of .{endings}, got {text!r}")
+    return _new_file(text)
+
+
+def _model_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text):
+        raise argparse.ArgumentTypeError(
+            f"expected a name of letters, digits, '_', '.' and '-', e.g. cnnf5_fmnist, got {text!r}")
+    return text
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a non-empty text")
+    return text
+
+
 if __name__ == "__main__":
+
     sys.exit(main())

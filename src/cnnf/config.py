@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from cnnf.records import allowed_types, from_plain
+from cnnf.scoring import OUTPUTS
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -55,15 +57,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(fields)}")
         hints = typing.get_type_hints(cls)
-        values = {key: _float_from_exponent(value, hints[key]) for key, value in values.items()}
-        for key, value in values.items():
-            _check_type(key, value, hints[key])
-        config = cls(**values)
+        values = {key: _float_from_exponent(value, hints[key]) if key in hints else value for key, value in values.items()}
+        config = from_plain(cls, values, "config", ConfigError)
         config.validate()
         return config
 
@@ -76,8 +72,14 @@ class TrainConfig:
             raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
         if not (0 < self.lr < math.inf):
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.output not in OUTPUTS:
+            raise ConfigError(f"output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not 0 < self.residual <= 1:
+            raise ConfigError(f"residual must be in (0, 1], got {self.residual}")
+        if not 0 <= self.relu_mixing < 1:
+            raise ConfigError(f"relu_mixing must be in [0, 1) (0 is the paper's AdaReLU), got {self.relu_mixing}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,28 +118,9 @@ def save_config(config: TrainConfig, path: Path) -> None:
 
 def _float_from_exponent(value: object, hint: object) -> object:
     """YAML 1.1 reads `1e-4` (no dot) as a string; read it as the float it means."""
-    if float in _allowed_types(hint) and isinstance(value, str):
+    if float in allowed_types(hint) and isinstance(value, str):
         try:
             return float(value)
         except ValueError:
             return value
     return value
-
-
-def _allowed_types(hint: object) -> tuple:
-    """The types a field's hint admits: (int,) for `int`, (str, NoneType) for `str | None`."""
-    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-
-
-def _check_type(key: str, value: object, hint: object) -> None:
-    allowed = _allowed_types(hint)
-    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-        return
-    if isinstance(value, bool) and bool not in allowed:
-        raise ConfigError(f"{key} must be {_names(allowed)}, got {value!r}")
-    if not isinstance(value, allowed):
-        raise ConfigError(f"{key} must be {_names(allowed)}, got {value!r} ({type(value).__name__})")
-
-
-def _names(types_: tuple) -> str:
-    return " or ".join("null" if t is type(None) else t.__name__ for t in types_)

@@ -45,3 +45,10 @@ def check_features(x: Tensor) -> Tensor:
     if not torch.isfinite(x.detach()).all():
         raise ValueError("input contains NaN or inf values; check the data pipeline before the model")
     return x
+
+
+def check_count(value: object, name: str, minimum: int = 1) -> int:
+    """Check that `value` is an integer >= minimum (steps, iterations, batch sizes, ...)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import subprocess
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import yaml
 from cnnf import checkpoint
 from cnnf.accuracy import accuracy_per_iteration
 from cnnf.data import load_dataset
+from cnnf.train import read_metrics
 
 PAPER_EPOCHS = 30              # standard training (appendix B.1)
 PAPER_EPOCHS_ADVERSARIAL = 90  # adversarial training (appendix B.1)
@@ -24,7 +24,9 @@ def export_pretrained(run_dir: str | Path, name: str, command: str, out_dir: Pat
     state = checkpoint.read(run_dir / "model.pt")
     model = checkpoint.model_from_state(state, run_dir / "model.pt")
     config = state["config"]
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
+    if not records:
+        raise ValueError(f"{run_dir / 'metrics.jsonl'} records no finished epoch; export a run that has trained")
     test = accuracy_per_iteration(model, load_dataset(config["dataset"], config["data_dir"])["test"], model.iterations)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.save_atomic({**checkpoint.model_state(model), "config": config}, out_dir / f"{name}.pt")
@@ -38,7 +40,7 @@ def export_pretrained(run_dir: str | Path, name: str, command: str, out_dir: Pat
         "epochs_note": _epochs_note(len(records), config),
         "validation_accuracy": records[-1]["val_acc"],
         **_adversarial_card(config, records[-1]),
-        "test_accuracy": {"last": test["last"], "average": test["average"], "iterations": list(range(model.iterations + 1))},
+        "test_accuracy": {**test, "iterations": list(range(model.iterations + 1))},
         "train_images_per_s": records[-1]["images_per_s"],
         "command": command,
         "training_config": config,

@@ -6,21 +6,26 @@ output than the attacked one are transfers; they are drawn dashed and labelled s
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from cnnf.results import Row, read_results
+from cnnf.scoring import check_output
 
 
 def plot_results(result_files: list[Path], out: Path, output: str = "last", iterations: list[int] | None = None) -> Path:
     """Draw every results file into one figure; `iterations` limits the lines per model."""
+    check_output(output)
+    results = [(Path(f).stem, read_results(f)) for f in result_files]
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = [(Path(f).stem, json.loads(Path(f).read_text())) for f in result_files]
-    panels = sorted({(r["attack"], r["target"]) for _, res in results for r in res["rows"]})
-    lines = sorted({(label, r["iterations"]) for label, res in results for r in res["rows"]
-                    if iterations is None or r["iterations"] in iterations})
+    panels = sorted({(r.attack, r.target) for _, res in results for r in res.rows})
+    if not panels:
+        raise ValueError(f"no rows to plot in {', '.join(map(str, result_files))}; run cnnf evaluate first")
+    lines = sorted({(label, r.iterations) for label, res in results for r in res.rows
+                    if iterations is None or r.iterations in iterations})
     colours = {line: f"C{i % 10}" for i, line in enumerate(lines)}
     cols = min(3, len(panels))
     grid_rows = -(-len(panels) // cols)
@@ -29,10 +34,10 @@ def plot_results(result_files: list[Path], out: Path, output: str = "last", iter
         ax.axis("off")
     for ax, (attack, target) in zip(axes.flat, panels):
         for label, res in results:
-            rows = [r for r in res["rows"] if (r["attack"], r["target"], r["output"]) == (attack, target, output)]
-            for t in sorted({r["iterations"] for r in rows}):
+            rows = [r for r in res.rows if (r.attack, r.target, r.output) == (attack, target, output)]
+            for t in sorted({r.iterations for r in rows}):
                 if (label, t) in colours:
-                    _draw_curve(ax, [r for r in rows if r["iterations"] == t], f"{label}, N={t}", colours[(label, t)])
+                    _draw_curve(ax, [r for r in rows if r.iterations == t], f"{label}, N={t}", colours[(label, t)])
         ax.set_title(f"{attack}, target {target}", fontsize=10)
         ax.set_xlabel("ε ([0, 1] units)")
         ax.set_ylabel(f"accuracy (%), {output} output")
@@ -45,9 +50,9 @@ def plot_results(result_files: list[Path], out: Path, output: str = "last", iter
     return out
 
 
-def _draw_curve(ax, rows: list[dict], label: str, colour: str) -> None:
-    curve = sorted(rows, key=lambda r: r["eps"])
-    transfer = any(r["attacked_output"] is False for r in curve)
-    ax.errorbar([r["eps"] for r in curve], [100 * r["accuracy_mean"] for r in curve],
-                yerr=[100 * r["accuracy_std"] for r in curve], marker="o", ms=3, capsize=2, color=colour,
+def _draw_curve(ax, rows: list[Row], label: str, colour: str) -> None:
+    curve = sorted(rows, key=lambda r: r.eps)
+    transfer = any(r.attacked_output is False for r in curve)
+    ax.errorbar([r.eps for r in curve], [100 * r.accuracy_mean for r in curve],
+                yerr=[100 * r.accuracy_std for r in curve], marker="o", ms=3, capsize=2, color=colour,
                 linestyle="--" if transfer else "-", label=label + (" (transfer)" if transfer else ""))

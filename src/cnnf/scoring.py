@@ -10,9 +10,12 @@ steps. Both read a trajectory of logits y_0 .. y_N (y_0: the plain feedforward p
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from cnnf.inputs import check_count
 
 OUTPUTS = ("last", "average")
 """The output modes a model can be scored by."""
@@ -40,3 +43,27 @@ def score(logits: Sequence[Tensor], mode: str) -> Tensor:
     if check_output(mode) == "last":
         return logits[-1]
     return torch.stack(list(logits)).mean(0)
+
+
+@dataclass(frozen=True, order=True)
+class Scoring:
+    """One way to score a trajectory: the `output` mode after `iterations` iterations.
+    Written "t/output" (e.g. "5/last") in results and sweep progress files."""
+
+    iterations: int
+    output: str
+
+    def __post_init__(self):
+        check_count(self.iterations, "iterations", minimum=0)
+        check_output(self.output)
+
+    def __str__(self) -> str:
+        return f"{self.iterations}/{self.output}"
+
+    @classmethod
+    def parse(cls, text: str) -> Scoring:
+        """The Scoring written as `text` ("t/output")."""
+        iterations, _, output = text.partition("/")
+        if not iterations.isdigit():
+            raise ValueError(f"expected a scoring written iterations/output, e.g. '5/last', got {text!r}")
+        return cls(int(iterations), output)

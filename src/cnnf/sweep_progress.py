@@ -2,24 +2,49 @@
 interrupted (Ctrl-C, a killed job, the end of a session) continues where it stopped.
 
 The file (`NAME.progress.pt` beside the results) holds a fingerprint of what is being measured
-(model weights and settings, images, sweep settings); per finished run (seed, attack, target,
-eps), the per-image robust flags at every (iterations, output mode) and the seconds it took;
-and the finished batches of the run in progress, so a long run (AutoAttack on a 5-iteration
-model takes hours) resumes mid-way. It is written atomically after every batch and read with
-torch.load(weights_only=True).
+(model weights and settings, images, sweep settings); per finished run (a `RunKey`: seed,
+attack, target, eps), the per-image robust flags at every `Scoring` (iterations, output mode)
+and the seconds it took; and the finished batches of the run in progress, so a long run
+(AutoAttack on a 5-iteration model takes hours) resumes mid-way. It is written atomically
+after every batch and read with torch.load(weights_only=True).
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from cnnf.checkpoint import save_atomic
+from cnnf.scoring import Scoring
 
-Flags = dict[tuple[int, str], torch.Tensor]
-RunKey = tuple[int, str, str, float]  # (seed, attack, target, eps)
+Flags = dict[Scoring, torch.Tensor]
+"""Per scoring: a bool per image, True where the prediction is correct."""
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    """One attack run of a sweep: `attack` from gradient source `target` at budget `eps`, `seed`."""
+
+    seed: int
+    attack: str
+    target: str
+    eps: float
+
+    @property
+    def name(self) -> str:
+        """The run's key in a progress file, e.g. "0|pgd40|e2e|0.1"."""
+        return f"{self.seed}|{self.attack}|{self.target}|{self.eps!r}"
+
+
+@dataclass(frozen=True)
+class AttackRun:
+    """A finished attack run: its flags over all images and the seconds it took."""
+
+    flags: Flags
+    seconds: float
 
 
 class SweepProgressError(ValueError):
@@ -42,30 +67,31 @@ class SweepProgress:
             self.in_progress = state.get("in_progress")
             self.resumed = list(self.runs)
 
-    def get(self, key: RunKey) -> tuple[Flags, float] | None:
-        run = self.runs.get(_name(key))
+    def get(self, key: RunKey) -> AttackRun | None:
+        """Run `key` if it is finished, else None."""
+        run = self.runs.get(key.name)
         if run is None:
             return None
-        return _unpack(run["flags"]), run["seconds"]
+        return AttackRun(_unpack(run["flags"]), run["seconds"])
 
     def partial(self, key: RunKey) -> tuple[dict[int, Flags], float]:
         """The finished batches {index: flags} of run `key` and their seconds ({}, 0 if none)."""
-        if self.in_progress is None or self.in_progress["run"] != _name(key):
+        if self.in_progress is None or self.in_progress["run"] != key.name:
             return {}, 0.0
         batches = {int(i): _unpack(flags) for i, flags in self.in_progress["batches"].items()}
         return batches, self.in_progress["seconds"]
 
     def put_batch(self, key: RunKey, index: int, flags: Flags, seconds: float) -> None:
         """Batch `index` of run `key` is done; `seconds` so far for the run."""
-        if self.in_progress is None or self.in_progress["run"] != _name(key):
-            self.in_progress = {"run": _name(key), "batches": {}, "seconds": 0.0}
+        if self.in_progress is None or self.in_progress["run"] != key.name:
+            self.in_progress = {"run": key.name, "batches": {}, "seconds": 0.0}
         self.in_progress["batches"][str(index)] = _pack(flags)
         self.in_progress["seconds"] = seconds
         self._save()
 
-    def put(self, key: RunKey, flags: Flags, seconds: float) -> None:
+    def put(self, key: RunKey, run: AttackRun) -> None:
         """Run `key` is complete."""
-        self.runs[_name(key)] = {"flags": _pack(flags), "seconds": seconds}
+        self.runs[key.name] = {"flags": _pack(run.flags), "seconds": run.seconds}
         self.in_progress = None
         self._save()
 
@@ -117,13 +143,8 @@ def _load(path: Path, fingerprint: str, hint: str) -> dict:
 
 
 def _pack(flags: Flags) -> dict[str, torch.Tensor]:
-    return {f"{t}/{mode}": f for (t, mode), f in flags.items()}
+    return {str(scoring): f for scoring, f in flags.items()}
 
 
 def _unpack(packed: dict[str, torch.Tensor]) -> Flags:
-    return {(int(t), mode): f for t_mode, f in packed.items() for t, mode in [t_mode.split("/")]}
-
-
-def _name(key: RunKey) -> str:
-    seed, attack, target, eps = key
-    return f"{seed}|{attack}|{target}|{eps!r}"
+    return {Scoring.parse(name): f for name, f in packed.items()}

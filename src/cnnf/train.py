@@ -9,11 +9,13 @@ Run folder:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,6 +27,8 @@ from cnnf.config import ConfigError, TrainConfig, learning_rate, load_config, sa
 from cnnf.data import ImageSet, load_dataset, train_val_split
 from cnnf.losses import LossWeights
 from cnnf.model import CNNF
+from cnnf.records import RecordError, from_plain, read_json_lines
+from cnnf.scoring import OUTPUTS
 from cnnf.steps import Adversary, make_step
 from cnnf.zoo import create_model
 
@@ -33,6 +37,67 @@ TERMS = ("total", "ce", "rec", "cll", "norm")
 
 class RunFolderError(ValueError):
     """A run folder that cannot be used as asked (exists, or has nothing to resume)."""
+
+
+@dataclass
+class Totals:
+    """Sums over the steps of the epoch so far: the loss terms (TERMS) weighted by batch size,
+    correct predictions on clean and on adversarial images, images seen, seconds in steps."""
+
+    total: float = 0.0
+    ce: float = 0.0
+    rec: float = 0.0
+    cll: float = 0.0
+    norm: float = 0.0
+    correct: int = 0
+    correct_adv: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+    def add(self, result, images: int, seconds: float) -> None:
+        """Count one training step's `result` on `images` images that took `seconds`."""
+        for name in TERMS:
+            setattr(self, name, getattr(self, name) + result.terms[name] * images)
+        self.correct += result.correct or 0
+        self.correct_adv += result.correct_adv or 0
+        self.seen += images
+        self.seconds += seconds
+
+    def mean(self, name: str) -> float:
+        """A sum per image seen: a loss term's mean, or an accuracy ("correct", "correct_adv")."""
+        return getattr(self, name) / max(self.seen, 1)
+
+    @property
+    def train_accuracy(self) -> float:
+        """Accuracy on clean images, or on adversarial ones where a step scores no clean ones."""
+        return self.mean("correct" if self.correct else "correct_adv")
+
+    @property
+    def images_per_s(self) -> float:
+        return self.seen / max(self.seconds, 1e-9)
+
+
+@dataclass
+class Position:
+    """Where a run stands: the epoch in progress (0-based), the steps done in it, the steps of
+    the finished epochs (global_step) and the epoch's totals. Checkpoints hold it as plain data
+    (`to_plain`), since they are read with torch.load(weights_only=True)."""
+
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    totals: Totals = field(default_factory=Totals)
+
+    def next_epoch(self) -> Position:
+        """The position at the start of the next epoch."""
+        return Position(epoch=self.epoch + 1, global_step=self.global_step + self.step)
+
+    def to_plain(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_plain(cls, saved: object, source: str) -> Position:
+        return from_plain(cls, saved, f"{source}: position", checkpoint.CheckpointError)
 
 
 def adam(parameters, lr: float, weight_decay: float) -> torch.optim.Adam:
@@ -93,14 +158,14 @@ def train(run_dir: str | Path, config: TrainConfig | None = None, resume: bool =
     optimizer = adam(model.parameters(), config.lr, config.weight_decay)
     weights = LossWeights(config.alpha_ce, config.alpha_rec, config.alpha_cll, config.alpha_norm)
     step_fn = make_step(model, optimizer, weights, config.adversarial)
-    position = _restore(run_dir, model, optimizer) if resume else _fresh_position()
+    position = _restore(run_dir, model, optimizer) if resume else Position()
     writer = _summary_writer_class()(str(run_dir / "tensorboard")) if config.tensorboard else None
-    for epoch in range(position["epoch"], config.epochs):
-        _train_epoch(run_dir, config, model, optimizer, step_fn, train_set, position, writer)
+    while position.epoch < config.epochs:
+        _train_epoch(run_dir, config, model, optimizer, step_fn, train_set, position)
         record = _finish_epoch(config, model, val_set, position)
         _append_metrics(run_dir, record)
         _log(writer, record)
-        position.update(epoch=epoch + 1, step=0, totals=_zero_totals())
+        position = position.next_epoch()
         _save_training_state(run_dir, config, model, optimizer, position)
     final = run_dir / "model.pt"
     checkpoint.save_atomic({**checkpoint.model_state(model.eval()), "config": config.to_dict()}, final)
@@ -118,50 +183,46 @@ def _initial_weights(config: TrainConfig) -> dict | None:
     return state
 
 
-def _train_epoch(run_dir, config, model, optimizer, step_fn, train_set, position, writer) -> None:
-    epoch, totals = position["epoch"], position["totals"]
-    order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    batches = itertools.islice(train_set.batches(config.batch_size, shuffle=True, generator=order), position["step"], None)
+def _train_epoch(run_dir: Path, config: TrainConfig, model: CNNF, optimizer, step_fn, train_set: ImageSet,
+                 position: Position) -> None:
+    """The rest of the epoch at `position`, which it advances step by step."""
+    totals = position.totals
+    order = torch.Generator().manual_seed(config.seed * 100_003 + position.epoch)
+    batches = itertools.islice(train_set.batches(config.batch_size, shuffle=True, generator=order), position.step, None)
     n_batches = -(-len(train_set) // config.batch_size)
-    bar = tqdm(total=n_batches, initial=position["step"], desc=f"epoch {epoch + 1}/{config.epochs}",
+    bar = tqdm(total=n_batches, initial=position.step, desc=f"epoch {position.epoch + 1}/{config.epochs}",
                disable=not sys.stderr.isatty(), leave=False)
     model.train()
     for x, y in batches:
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, position["global_step"] + position["step"], n_batches)
+            group["lr"] = learning_rate(config, position.global_step + position.step, n_batches)
         start = time.perf_counter()
         result = step_fn(x, y)
-        totals["seconds"] += time.perf_counter() - start
-        for name in TERMS:
-            totals[name] += result.terms[name] * len(y)
-        totals["correct"] += result.correct or 0
-        totals["correct_adv"] += result.correct_adv or 0
-        totals["seen"] += len(y)
-        position["step"] += 1
-        summary = _summary(totals)
+        totals.add(result, len(y), time.perf_counter() - start)
+        position.step += 1
         bar.update()
-        bar.set_postfix(loss=f"{summary['loss']:.3f}", acc=f"{summary['train_acc']:.3f}", ips=f"{summary['images_per_s']:.0f}")
-        if position["step"] % config.checkpoint_every == 0:
+        bar.set_postfix(loss=f"{totals.mean('total'):.3f}", acc=f"{totals.train_accuracy:.3f}",
+                        ips=f"{totals.images_per_s:.0f}")
+        if position.step % config.checkpoint_every == 0:
             _save_training_state(run_dir, config, model, optimizer, position)
-        if bar.disable and position["step"] % 50 == 0:
-            print(f"epoch {epoch + 1} step {position['step']}/{n_batches} loss {summary['loss']:.4f} "
-                  f"acc {summary['train_acc']:.4f} {summary['images_per_s']:.0f} img/s", flush=True)
+        if bar.disable and position.step % 50 == 0:
+            print(f"epoch {position.epoch + 1} step {position.step}/{n_batches} loss {totals.mean('total'):.4f} "
+                  f"acc {totals.train_accuracy:.4f} {totals.images_per_s:.0f} img/s", flush=True)
     bar.close()
 
 
-def _finish_epoch(config: TrainConfig, model: CNNF, val_set: ImageSet, position: dict) -> dict:
+def _finish_epoch(config: TrainConfig, model: CNNF, val_set: ImageSet, position: Position) -> dict:
+    """The epoch's metrics record (a line of metrics.jsonl), also printed."""
     model.eval()
     val = accuracy_per_iteration(model, val_set, config.iterations, config.eval_batch_size)
-    totals = position["totals"]
-    record = {"epoch": position["epoch"] + 1, "step": position["global_step"] + position["step"]}
-    record.update({f"loss_{name}": totals[name] / max(totals["seen"], 1) for name in TERMS})
-    record.update(train_acc=totals["correct"] / max(totals["seen"], 1), images_per_s=totals["seen"] / max(totals["seconds"], 1e-9))
-    record.update(val_acc=val[config.output][-1], val_acc_last=val["last"], val_acc_average=val["average"])
+    totals = position.totals
+    record = {"epoch": position.epoch + 1, "step": position.global_step + position.step}
+    record.update({f"loss_{name}": totals.mean(name) for name in TERMS})
+    record.update(train_acc=totals.mean("correct"), images_per_s=totals.images_per_s)
+    record.update(val_acc=val[config.output][-1], **{f"val_acc_{mode}": val[mode] for mode in OUTPUTS})
     if config.adversarial is not None:
-        seen = max(totals["seen"], 1)
         record.update(train_acc=None if config.adversarial["mode"] == "conventional" else record["train_acc"],
-                      train_adv_acc=totals["correct_adv"] / seen, val_adv_acc=_adversarial_accuracy(config, model, val_set))
-    position["global_step"] += position["step"]
+                      train_adv_acc=totals.mean("correct_adv"), val_adv_acc=_adversarial_accuracy(config, model, val_set))
     accuracies = " ".join(f"{key.replace('_', ' ')} {record[key]:.4f}" for key in
                           ("train_acc", "train_adv_acc", "val_acc", "val_adv_acc") if record.get(key) is not None)
     print(f"epoch {record['epoch']}/{config.epochs}: loss {record['loss_total']:.4f} {accuracies} "
@@ -181,48 +242,45 @@ def _adversarial_accuracy(config: TrainConfig, model: CNNF, val_set: ImageSet) -
     return correct / len(subset)
 
 
-def _summary(totals: dict) -> dict:
-    seen = max(totals["seen"], 1)
-    return {"loss": totals["total"] / seen, "train_acc": (totals["correct"] or totals["correct_adv"]) / seen,
-            "images_per_s": totals["seen"] / max(totals["seconds"], 1e-9)}
-
-
-def _zero_totals() -> dict:
-    return {**{name: 0.0 for name in TERMS}, "correct": 0, "correct_adv": 0, "seen": 0, "seconds": 0.0}
-
-
-def _fresh_position() -> dict:
-    return {"epoch": 0, "step": 0, "global_step": 0, "totals": _zero_totals()}
-
-
-def _save_training_state(run_dir: Path, config: TrainConfig, model: CNNF, optimizer, position: dict) -> None:
+def _save_training_state(run_dir: Path, config: TrainConfig, model: CNNF, optimizer, position: Position) -> None:
     state = {
         **checkpoint.model_state(model),
         "optimizer": optimizer.state_dict(),
         "rng": torch.get_rng_state(),
-        "position": position,
+        "position": position.to_plain(),
         "config": config.to_dict(),
     }
     checkpoint.save_atomic(state, run_dir / "checkpoint.pt")
 
 
-def _restore(run_dir: Path, model: CNNF, optimizer) -> dict:
+def _restore(run_dir: Path, model: CNNF, optimizer) -> Position:
     """Load checkpoint.pt into model and optimizer; drop metrics of epochs it has not finished."""
     path = run_dir / "checkpoint.pt"
     if not path.is_file():
         print(f"{run_dir}: no checkpoint yet, starting from the beginning", flush=True)
-        return _fresh_position()
+        return Position()
     state = checkpoint.read(path)
+    position = Position.from_plain(state.get("position"), str(path))
     checkpoint.load_into(model, state, path)
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
-    position = state["position"]
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
-        kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["epoch"] <= position["epoch"]]
-        metrics.write_text("".join(line + "\n" for line in kept))
-    print(f"resuming {run_dir} at epoch {position['epoch'] + 1}, step {position['step']}", flush=True)
+        kept = [record for record in read_metrics(run_dir) if record["epoch"] <= position.epoch]
+        metrics.write_text("".join(json.dumps(record) + "\n" for record in kept))
+    print(f"resuming {run_dir} at epoch {position.epoch + 1}, step {position.step}", flush=True)
     return position
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of run_dir/metrics.jsonl, one per finished epoch, checked to be JSON objects
+    with an epoch number; a malformed file raises a RecordError that names it."""
+    path = Path(run_dir) / "metrics.jsonl"
+    records = read_json_lines(path, "metrics file")
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise RecordError(f"metrics file {path}: record {number} is not a JSON object with an integer epoch")
+    return records
 
 
 def _append_metrics(run_dir: Path, record: dict) -> None:

@@ -10,7 +10,9 @@ model's [-1, 1] units is 2 * eps. All attacks are untargeted, return detached x_
 enforces the threat model), and leave parameter gradients and train/eval modes unchanged.
 
 Attacks: fgsm, pgd (random start, restarts), spsa (gradient-free), autoattack (wraps the
-PyPI package pyautoattack). `ATTACKS` / `parse_attacks` give named fixed settings.
+PyPI package pyautoattack). `ATTACKS` / `parse_attacks` give named fixed settings: each is an
+`AttackSpec` subclass defined beside its attack (FGSMSpec, PGDSpec, SPSASpec, AutoAttackSpec)
+whose `run` calls that attack, so callers never ask which attack they hold.
 
 Example:
     >>> import cnnf
@@ -21,18 +23,23 @@ Example:
     ...     print(spec.name, (model(x_adv).argmax(1) == y).float().mean())
 """
 
-from cnnf.attacks.auto_attack import autoattack
-from cnnf.attacks.fast_gradient import fgsm
-from cnnf.attacks.projected_gradient import default_step_size, pgd
-from cnnf.attacks.registry import ATTACKS, AttackSpec, get_attack, parse_attacks
-from cnnf.attacks.simultaneous_perturbation import spsa
+from cnnf.attacks.auto_attack import AutoAttackSpec, autoattack
+from cnnf.attacks.fast_gradient import FGSMSpec, fgsm
+from cnnf.attacks.projected_gradient import PGDSpec, default_step_size, pgd
+from cnnf.attacks.registry import ATTACKS, get_attack, parse_attacks
+from cnnf.attacks.simultaneous_perturbation import SPSASpec, spsa
+from cnnf.attacks.spec import AttackSpec
 from cnnf.attacks.targets import TARGETS, GradientSource, gradient_source
 from cnnf.attacks.threat import project
 
 __all__ = [
     "ATTACKS",
     "AttackSpec",
+    "AutoAttackSpec",
+    "FGSMSpec",
     "GradientSource",
+    "PGDSpec",
+    "SPSASpec",
     "TARGETS",
     "autoattack",
     "default_step_size",

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from cnnf.attacks.threat import ModelFn, check_batch, check_count, check_eps, eval_mode, project
+from cnnf.attacks.spec import AttackSpec
+from cnnf.attacks.threat import ModelFn, check_batch, check_eps, eval_mode, project
+from cnnf.inputs import check_count
 
 VERSIONS = ("standard", "plus", "rand", "custom")
 ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
@@ -80,7 +82,7 @@ def autoattack(
     if n_queries is not None:
         check_count(n_queries, "n_queries")
     check_count(batch_size, "batch_size")
-    if eps == 0 or len(x) == 0:
+    if eps == 0:
         return project(x, x, eps)
     AutoAttack = _import()
 
@@ -114,6 +116,16 @@ def autoattack(
         logger.setLevel(level)
     # x + 2 (u_adv - u) returns untouched samples exactly (no round trip through u).
     return project(x + 2 * (u_adv.to(x) - u), x, eps)
+
+
+class AutoAttackSpec(AttackSpec):
+    """AutoAttack as a registry entry: the spec's options (e.g. version), AutoAttack's seed drawn
+    from the run's generator (0 without one); its own schedule, no single step size."""
+
+    def run(self, model_fn: ModelFn, x: Tensor, y: Tensor, eps: float,
+            generator: torch.Generator | None = None, early_stop: bool = False) -> Tensor:
+        seed = 0 if generator is None else int(torch.randint(0, 2**31 - 1, (), generator=generator))
+        return autoattack(model_fn, x, y, eps, seed=seed, **self.options)
 
 
 def _set_apgd_iterations(attack, n_iter: int) -> None:

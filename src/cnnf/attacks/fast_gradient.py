@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+import torch
 from torch import Tensor
 
+from cnnf.attacks.spec import AttackSpec
 from cnnf.attacks.threat import ModelFn, check_batch, check_eps, eval_mode, input_gradient, project, radius
 
 
@@ -34,3 +38,16 @@ def fgsm(model_fn: ModelFn, x: Tensor, y: Tensor, eps: float) -> Tensor:
     with eval_mode(model_fn):
         grad, _ = input_gradient(model_fn, x, y)
     return project(x + radius(eps) * grad.sign(), x, eps)
+
+
+class FGSMSpec(AttackSpec):
+    """FGSM as a registry entry: one deterministic step of 2 * eps."""
+
+    step_rule: ClassVar[str] = "fgsm"
+
+    def run(self, model_fn: ModelFn, x: Tensor, y: Tensor, eps: float,
+            generator: torch.Generator | None = None, early_stop: bool = False) -> Tensor:
+        return fgsm(model_fn, x, y, eps)
+
+    def _step_size(self, eps: float) -> float:
+        return radius(eps)

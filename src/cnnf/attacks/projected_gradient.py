@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
+from cnnf.attacks.spec import AttackSpec
 from cnnf.attacks.threat import (
     ModelFn,
     check_batch,
-    check_count,
     check_eps,
     check_positive,
     eval_mode,
@@ -17,6 +19,7 @@ from cnnf.attacks.threat import (
     project,
     radius,
 )
+from cnnf.inputs import check_count
 
 
 def default_step_size(eps: float) -> float:
@@ -117,3 +120,19 @@ def _pgd_run(model_fn, x, y, eps, steps, step_size, random_start, generator, ear
                 break
         x_adv[active] = project(x_adv[active] + step_size * grad.sign(), x[active], eps)
     return x_adv
+
+
+class PGDSpec(AttackSpec):
+    """PGD as a registry entry: the spec's steps and restarts at the paper's step size, random
+    starts from the run's generator; the one registered attack that can stop early."""
+
+    step_rule: ClassVar[str] = "paper"
+    stops_early: ClassVar[bool] = True
+
+    def run(self, model_fn: ModelFn, x: Tensor, y: Tensor, eps: float,
+            generator: torch.Generator | None = None, early_stop: bool = False) -> Tensor:
+        return pgd(model_fn, x, y, eps, self.steps, restarts=self.restarts, generator=generator,
+                   early_stop=early_stop, **self.options)
+
+    def _step_size(self, eps: float) -> float:
+        return default_step_size(eps)

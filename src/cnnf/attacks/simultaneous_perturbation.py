@@ -7,20 +7,23 @@ CNN-F) cannot hide adversarial examples from it; DESIGN.md section 6 requires on
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cnnf.attacks.spec import AttackSpec
 from cnnf.attacks.threat import (
     ModelFn,
     check_batch,
-    check_count,
     check_eps,
     check_positive,
     eval_mode,
     predict,
     project,
 )
+from cnnf.inputs import check_count
 
 LOSSES = ("margin", "ce")
 UPDATES = ("adam", "sign")
@@ -145,3 +148,19 @@ def _margin(logits: Tensor, y: Tensor) -> Tensor:
 
 def _cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits, y, reduction="none")
+
+
+class SPSASpec(AttackSpec):
+    """SPSA as a registry entry: the spec's steps and options, directions drawn from the run's
+    generator; its step is the fixed learning rate `options["lr"]`. Each image stops once it is
+    misclassified, whatever `early_stop` says (the attack only queries logits)."""
+
+    step_rule: ClassVar[str] = "fixed"
+    gradient_free: ClassVar[bool] = True
+
+    def run(self, model_fn: ModelFn, x: Tensor, y: Tensor, eps: float,
+            generator: torch.Generator | None = None, early_stop: bool = False) -> Tensor:
+        return spsa(model_fn, x, y, eps, steps=self.steps, generator=generator, **self.options)
+
+    def _step_size(self, eps: float) -> float:
+        return self.options["lr"]

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from cnnf.attacks.threat import eval_mode
 from cnnf.model import CNNF
-from cnnf.scoring import OUTPUTS
+from cnnf.scoring import check_output
 
 TARGETS = ("first", "cnn", "e2e")
 
@@ -82,7 +82,5 @@ def gradient_source(
         raise ValueError(f"target {target!r} needs a CNNF model, got {type(model).__name__}")
     if target == "first":
         return GradientSource("first", model, lambda x: model.feedforward(x)[0], None)
-    mode = model.output if output is None else output
-    if mode not in OUTPUTS:
-        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {mode!r}")
+    mode = check_output(model.output if output is None else output)
     return GradientSource("e2e", model, lambda x: model.infer(x).output(mode), mode)

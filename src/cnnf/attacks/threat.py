@@ -44,13 +44,6 @@ def check_eps(eps: object) -> float:
     return float(eps)
 
 
-def check_count(value: object, name: str, minimum: int = 1) -> int:
-    """Check that `value` is an integer >= minimum (steps, restarts, samples, ...)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def check_positive(value: object, name: str) -> float:
     """Check that `value` is a finite number > 0 (step sizes, delta, learning rate)."""
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
@@ -59,7 +52,7 @@ def check_positive(value: object, name: str) -> float:
 
 
 def check_batch(x: object, y: object) -> tuple[Tensor, Tensor]:
-    """Check images x (B, C, H, W) in [-1, 1] and labels y (B,) of integer class indices."""
+    """Check images x (B, C, H, W) in [-1, 1], B >= 1, and labels y (B,) of integer class indices."""
     if not isinstance(x, Tensor):
         raise ValueError(f"expected images as a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
     if x.dim() != 4:
@@ -67,6 +60,8 @@ def check_batch(x: object, y: object) -> tuple[Tensor, Tensor]:
             f"expected images of shape (B, C, H, W), got a {x.dim()}-d tensor of shape {tuple(x.shape)}"
             + (" (add a batch dimension with x.unsqueeze(0))" if x.dim() == 3 else "")
         )
+    if len(x) == 0:
+        raise ValueError("expected at least one image, got an empty batch (0 images)")
     check_images(x, tuple(x.shape[1:]))
     if not isinstance(y, Tensor):
         raise ValueError(f"expected labels as a torch.Tensor of shape ({len(x)},), got {type(y).__name__}")
@@ -74,7 +69,7 @@ def check_batch(x: object, y: object) -> tuple[Tensor, Tensor]:
         raise ValueError(f"expected labels of shape ({len(x)},) (one class index per image), got {tuple(y.shape)}")
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise ValueError(f"expected integer class indices (torch.long), got dtype {y.dtype}; convert with y.long()")
-    if len(y) and y.min() < 0:
+    if y.min() < 0:
         raise ValueError(f"labels must be class indices >= 0, got a minimum of {y.min().item()}")
     return x.detach(), y.detach().long()
 

@@ -1,0 +1,75 @@
+"""Scoring: what a CNN-F's prediction after t iterations is, defined once (cnnf.scoring) and
+used by clean accuracy and robustness sweeps alike."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cnnf
+from cnnf.accuracy import accuracy_per_iteration
+from cnnf.data import ImageSet
+from cnnf.scoring import OUTPUTS, check_output, score, scores_per_step
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _logits(steps: int = 4, batch: int = 3, classes: int = 5) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(batch, classes, generator=gen, dtype=torch.float64) for _ in range(steps)]
+
+
+def test_average_after_t_is_the_mean_of_the_first_t_plus_1_logits():
+    logits = _logits()
+    scores = scores_per_step(logits, "average")
+    assert scores.shape == (4, 3, 5)
+    for t in range(4):
+        assert torch.allclose(scores[t], torch.stack(logits[: t + 1]).mean(0), rtol=0, atol=1e-12)
+
+
+def test_last_after_t_is_the_logits_of_step_t():
+    logits = _logits()
+    scores = scores_per_step(torch.stack(logits), "last")
+    assert all(torch.equal(scores[t], logits[t]) for t in range(4))
+
+
+def test_score_is_the_scored_logits_after_the_last_step():
+    logits = _logits()
+    assert torch.equal(score(logits, "last"), logits[-1])
+    assert torch.allclose(score(logits, "average"), scores_per_step(logits, "average")[-1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("call", [check_output, lambda mode: scores_per_step(_logits(), mode),
+                                  lambda mode: score(_logits(), mode)])
+def test_unknown_output_mode_lists_the_modes(call):
+    assert OUTPUTS == ("last", "average")
+    with pytest.raises(ValueError, match="last, average, got 'mean'"):
+        call("mean")
+
+
+def _tiny_images(n: int) -> ImageSet:
+    gen = torch.Generator().manual_seed(1)
+    return ImageSet(torch.randint(0, 256, (n, 1, 28, 28), generator=gen, dtype=torch.uint8),
+                    torch.randint(0, 10, (n,), generator=gen))
+
+
+def test_clean_accuracy_scores_each_step_as_scoring_defines():
+    torch.manual_seed(0)
+    model = cnnf.create_model("paper_mnist", iterations=2).eval()
+    images = _tiny_images(12)
+    acc = accuracy_per_iteration(model, images, iterations=2, batch_size=5)
+    x, y = next(images.batches(12))
+    with torch.no_grad():
+        logits = model.infer(x, iterations=2).logits
+    for mode in OUTPUTS:
+        expected = (scores_per_step(logits, mode).argmax(-1) == y).double().mean(1)
+        assert acc[mode] == pytest.approx(expected.tolist(), abs=1e-12)
+
+
+@pytest.mark.parametrize("images, iterations, batch_size, needle", [
+    (0, 1, 5, "empty image set"), (4, -1, 5, "iterations must be an integer >= 0"),
+    (4, 1, 0, "batch_size must be an integer >= 1")])
+def test_clean_accuracy_refuses_bad_arguments(images, iterations, batch_size, needle):
+    model = cnnf.create_model("paper_mnist", iterations=1)
+    with pytest.raises(ValueError, match=needle):
+        accuracy_per_iteration(model, _tiny_images(images), iterations, batch_size)
