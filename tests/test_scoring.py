@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import cnnf
-from cnnf.accuracy import accuracy_per_iteration
+from cnnf.accuracy import DIAGNOSTICS, accuracy_per_iteration, trajectory_statistics
 from cnnf.data import ImageSet
 from cnnf.scoring import OUTPUTS, check_output, score, scores_per_step
 
@@ -73,3 +74,26 @@ def test_clean_accuracy_refuses_bad_arguments(images, iterations, batch_size, ne
     model = cnnf.create_model("paper_mnist", iterations=1)
     with pytest.raises(ValueError, match=needle):
         accuracy_per_iteration(model, _tiny_images(images), iterations, batch_size)
+
+
+def test_trajectory_diagnostics_are_the_per_step_means():
+    """Cross entropy per step, and g_t against h_0 (squared error, norm ratio, cosine), averaged
+    over images across uneven batches, equal the same quantities computed on the whole set."""
+    torch.manual_seed(0)
+    model = cnnf.create_model("paper_mnist", iterations=2).eval()
+    images = _tiny_images(12)
+    stats = trajectory_statistics(model, images, iterations=2, batch_size=5)
+    x, y = next(images.batches(12))
+    with torch.no_grad():
+        run = model.infer(x, iterations=2)
+    h = run.features[0].flatten(1)
+    expected = {
+        "ce": [F.cross_entropy(y_t, y).item() for y_t in run.logits],
+        "rec": [F.mse_loss(g.flatten(1), h).item() for g in run.reconstructions],
+        "g_norm_ratio": [(g.flatten(1).norm(dim=1) / h.norm(dim=1)).mean().item() for g in run.reconstructions],
+        "g_cosine": [F.cosine_similarity(g.flatten(1), h).mean().item() for g in run.reconstructions],
+    }
+    assert set(DIAGNOSTICS) <= stats.keys()
+    for name, values in expected.items():
+        assert len(stats[name]) == len(values) and stats[name] == pytest.approx(values, rel=1e-5), name
+    assert all(-1 <= c <= 1 for c in stats["g_cosine"])

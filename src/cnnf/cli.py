@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from cnnf import checkpoint
-from cnnf.accuracy import accuracy_per_iteration
+from cnnf.accuracy import trajectory_statistics
 from cnnf.fast.allocator import keep_freed_memory
 from cnnf.attacks import TARGETS, parse_attacks
 from cnnf.attacks.threat import check_eps
@@ -163,11 +163,14 @@ def _test(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or config.get("data_dir")
     iterations = model.iterations if args.iterations is None else args.iterations
     test_set = load_dataset(dataset, data_dir)["test"]
-    acc = accuracy_per_iteration(model, test_set, iterations)
-    print(f"clean test accuracy on {dataset} ({len(test_set)} images), model trained with N = {model.iterations}")
-    print(f"{'iterations':>10}" + "".join(f"  {mode:>7}" for mode in OUTPUTS))
+    stats = trajectory_statistics(model, test_set, iterations)
+    print(f"clean test accuracy on {dataset} ({len(test_set)} images), model trained with N = {model.iterations}; "
+          "ce: cross entropy of step t; |g|/|h|, cos: the reconstruction that feeds step t against the clean features")
+    print(f"{'iterations':>10}" + "".join(f"  {mode:>7}" for mode in OUTPUTS) + f"  {'ce':>6}  {'|g|/|h|':>7}  {'cos':>5}")
     for t in range(iterations + 1):
-        print(f"{t:>10}" + "".join(f"  {100 * acc[mode][t]:6.2f}%" for mode in OUTPUTS))
+        feedback = (f"  {stats['g_norm_ratio'][t - 1]:7.3f}  {stats['g_cosine'][t - 1]:5.3f}" if t else "")
+        print(f"{t:>10}" + "".join(f"  {100 * stats[mode][t]:6.2f}%" for mode in OUTPUTS) + f"  {stats['ce'][t]:6.3f}"
+              + feedback)
     return 0
 
 

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from cnnf import checkpoint
-from cnnf.accuracy import accuracy_per_iteration
+from cnnf.accuracy import DIAGNOSTICS, trajectory_statistics
 from cnnf.config import ConfigError, TrainConfig, learning_rate, load_config, save_config
 from cnnf.data import ImageSet, load_dataset, train_val_split
 from cnnf.losses import LossWeights
@@ -214,12 +214,13 @@ def _train_epoch(run_dir: Path, config: TrainConfig, model: CNNF, optimizer, ste
 def _finish_epoch(config: TrainConfig, model: CNNF, val_set: ImageSet, position: Position) -> dict:
     """The epoch's metrics record (a line of metrics.jsonl), also printed."""
     model.eval()
-    val = accuracy_per_iteration(model, val_set, config.iterations, config.eval_batch_size)
+    val = trajectory_statistics(model, val_set, config.iterations, config.eval_batch_size)
     totals = position.totals
     record = {"epoch": position.epoch + 1, "step": position.global_step + position.step}
     record.update({f"loss_{name}": totals.mean(name) for name in TERMS})
     record.update(train_acc=totals.mean("correct"), images_per_s=totals.images_per_s)
     record.update(val_acc=val[config.output][-1], **{f"val_acc_{mode}": val[mode] for mode in OUTPUTS})
+    record.update({f"val_{name}": val[name] for name in DIAGNOSTICS if name in val})
     if config.adversarial is not None:
         record.update(train_acc=None if config.adversarial["mode"] == "conventional" else record["train_acc"],
                       train_adv_acc=totals.mean("correct_adv"), val_adv_acc=_adversarial_accuracy(config, model, val_set))
