@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -52,3 +54,30 @@ def check_count(value: object, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def check_model_settings(iterations: int, residual: float, relu_mixing: float) -> None:
+    """A CNNF's N >= 0, r in (0, 1] and AdaReLU mixing m in [0, 1)."""
+    if not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+    if not 0 < residual <= 1:
+        raise ValueError(f"residual must be in (0, 1], got {residual!r}")
+    if not 0 <= relu_mixing < 1:
+        raise ValueError(f"relu_mixing must be in [0, 1), got {relu_mixing!r}")
+
+
+def check_shape(h: Tensor, shape: Sequence[int], what: str) -> None:
+    """h is a batch (B, *shape) of `what`."""
+    if tuple(h.shape[1:]) != tuple(shape):
+        raise ValueError(f"expected {what} of shape (B, {', '.join(map(str, shape))}), got {tuple(h.shape)}")
+
+
+def check_feedback_inputs(g: Tensor, latents: Sequence[Tensor | None], layers: Sequence, stop: int, classes: int) -> None:
+    """Logits-space g (B, classes) and one latent per layer, present at every adaptive layer from `stop` up."""
+    if g.dim() != 2 or g.shape[1] != classes:
+        raise ValueError(f"expected logits of shape (B, {classes}), got {tuple(g.shape)}")
+    if len(latents) != len(layers):
+        raise ValueError(f"latents must have one entry per layer ({len(layers)}), got {len(latents)}")
+    for i in range(stop, len(layers)):
+        if layers[i].adaptive and latents[i] is None:
+            raise ValueError(f"no latent for layer {i}; the latents come from a pass that started above it")

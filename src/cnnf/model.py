@@ -18,14 +18,13 @@ with its attention.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from cnnf import architecture, backend, fast, scoring
-from cnnf.inputs import check_features, check_images
+from cnnf.inputs import check_features, check_feedback_inputs, check_images, check_model_settings, check_shape
 from cnnf.layers import Bias
 
 Latents = tuple[Tensor | None, ...]
@@ -93,7 +92,8 @@ class CNNF(nn.Module):
     def __init__(self, spec: dict, *, iterations: int = 0, reconstruct_to: int = 0, output: str = "last",
                  residual: float = 1.0, relu_mixing: float = 0.0):
         super().__init__()
-        _check_settings(iterations, output, residual, relu_mixing)
+        check_model_settings(iterations, residual, relu_mixing)
+        scoring.check_output(output)
         built, self.block_ends, self.shapes = architecture.build(spec, relu_mixing)
         self.layers = nn.ModuleList(built)
         self.spec = {"input_shape": list(spec["input_shape"]), "blocks": [list(b) for b in spec["blocks"]]}
@@ -136,7 +136,7 @@ class CNNF(nn.Module):
         and finiteness are checked. Returns (logits (B, classes), latents).
         """
         start = self._position(from_layer or 0)
-        _check_shape(h, self.shapes[start], "features" if start else "images")
+        check_shape(h, self.shapes[start], "features" if start else "images")
         check_features(h)
         if drive is not None and len(drive) != len(self.layers):
             raise ValueError(f"drive must have one entry per layer ({len(self.layers)}), got {len(drive)}")
@@ -219,7 +219,7 @@ class CNNF(nn.Module):
         """The feedback pathway from the logits-space g down to layer `stop`. Returns (g there,
         the signal arriving at each layer's output); drives_only lets the fast backend keep
         only the drives."""
-        _check_feedback_inputs(g, latents, self.layers, stop, self.num_classes)
+        check_feedback_inputs(g, latents, self.layers, stop, self.num_classes)
         if use_fast:
             return fast.feedback(self.layers, g, latents, stop, drives_only)
         signals: list[Tensor | None] = [None] * len(self.layers)
@@ -233,31 +233,6 @@ class CNNF(nn.Module):
         if not isinstance(k, int) or not 0 <= k < len(self.block_ends) - 1:
             raise ValueError(f"layer index must be in 0..{len(self.block_ends) - 2} (block outputs), got {k!r}")
         return self.block_ends[k]
-
-
-def _check_settings(iterations: int, output: str, residual: float, relu_mixing: float) -> None:
-    if not isinstance(iterations, int) or iterations < 0:
-        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
-    scoring.check_output(output)
-    if not 0 < residual <= 1:
-        raise ValueError(f"residual must be in (0, 1], got {residual!r}")
-    if not 0 <= relu_mixing < 1:
-        raise ValueError(f"relu_mixing must be in [0, 1), got {relu_mixing!r}")
-
-
-def _check_shape(h: Tensor, shape: Sequence[int], what: str) -> None:
-    if tuple(h.shape[1:]) != tuple(shape):
-        raise ValueError(f"expected {what} of shape (B, {', '.join(map(str, shape))}), got {tuple(h.shape)}")
-
-
-def _check_feedback_inputs(g: Tensor, latents: Latents, layers: nn.ModuleList, stop: int, classes: int) -> None:
-    if g.dim() != 2 or g.shape[1] != classes:
-        raise ValueError(f"expected logits of shape (B, {classes}), got {tuple(g.shape)}")
-    if len(latents) != len(layers):
-        raise ValueError(f"latents must have one entry per layer ({len(layers)}), got {len(latents)}")
-    for i in range(stop, len(layers)):
-        if layers[i].adaptive and latents[i] is None:
-            raise ValueError(f"no latent for layer {i}; the latents come from a pass that started above it")
 
 
 def _relative_change(new: Tensor, old: Tensor) -> Tensor:
