@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 import cnnf
 from cnnf import neuro
+from cnnf.cli import main
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -172,3 +174,31 @@ def test_load_recordings_refuses_a_file_that_is_not_npz(tmp_path: Path):
     (tmp_path / "r.npz").write_text("not a zip")
     with pytest.raises(neuro.RecordingsError, match="is not an .npz file"):
         neuro.load_recordings(tmp_path / "r.npz")
+
+
+def test_the_command_writes_scores_per_layer_and_step(tmp_path: Path, capsys, one_thread):
+    out = tmp_path / "out" / "scores.json"
+    args = ["neural-predictivity", "--pretrained", "cnnf5_fmnist", "--recordings", str(_recordings_file(tmp_path / "r.npz")),
+            "--components", "2", "--splits", "2", "--layers", "block2,block3", "--iterations", "2", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["n_components"] == 2 and report["config"]["layers"] == ["block2", "block3"]
+    assert set(report["ceiling"]) == {"V4", "IT"} and len(report["ceiling"]["IT"]["per_site"]) == 3
+    keys = [(row["region"], row["layer"], row["t"]) for row in report["scores"]]
+    assert sorted(keys) == sorted((r, layer, t) for r in ("V4", "IT") for layer in ("block2", "block3") for t in range(3))
+    assert all(len(row["split_medians"]) == 2 and row["ceiled"] is not None for row in report["scores"])
+    assert "t=2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, value, needle", [
+    ("--components", "0", "argument --components: expected an integer >= 1, got '0'"),
+    ("--layers", "block1,conv2", "argument --layers: expected a layer index (e.g. 3) or a block output"),
+    ("--layers", "block9", "layer 'block9': the model has blocks 1..4"),
+    ("--recordings", "missing.npz", "argument --recordings: no file missing.npz"),
+])
+def test_the_command_refuses_bad_arguments(tmp_path: Path, capsys, flag, value, needle):
+    args = {"--recordings": str(_recordings_file(tmp_path / "r.npz")), "--out": str(tmp_path / "s.json"), flag: value}
+    assert main(["neural-predictivity", "--pretrained", "cnnf5_fmnist", *[a for item in args.items() for a in item]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cnnf: error: ") and "\n" not in err and needle in err, err
+    assert not (tmp_path / "s.json").exists()
