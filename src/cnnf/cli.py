@@ -17,7 +17,7 @@ from typing import NoReturn, TypeVar
 import torch
 import yaml
 
-from cnnf import checkpoint
+from cnnf import checkpoint, neuro
 from cnnf.accuracy import trajectory_statistics
 from cnnf.fast.allocator import keep_freed_memory
 from cnnf.attacks import TARGETS, parse_attacks
@@ -122,6 +122,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--command", type=_text, required=True, help="the exact command that trained the run (for the card)")
     p.set_defaults(handler=_export)
 
+    p = commands.add_parser("neural-predictivity", help="PLS neural predictivity of layers at every iteration (Brain-Score)")
+    _add_model_source(p)
+    p.add_argument("--recordings", type=_file, required=True, metavar="FILE.npz",
+                   help="stimuli and responses (format: docs/DESIGN.md, Neural predictivity)")
+    p.add_argument("--layers", type=_comma_list(_from_library(neuro.check_layer_name), "block1,block2"),
+                   help="comma list of blockB (block B's output) or layer indices (default: every block below the logits)")
+    p.add_argument("--iterations", type=_count(0), help="score steps t = 0..N (default: the model's N)")
+    p.add_argument("--cnn", type=_from_library(_model_source), help="also score this CNN (t = 0) side by side")
+    p.add_argument("--components", type=_count(1), default=25, help="PLS components")
+    p.add_argument("--splits", type=_count(1), default=10, help="random 90/10 splits of the images")
+    p.add_argument("--seed", type=_count(0), default=0)
+    p.add_argument("--out", type=_new_file, required=True, help="results JSON")
+    p.set_defaults(handler=_neural_predictivity)
+
     p = commands.add_parser("list-models", help="registered architectures and shipped pretrained weights")
     p.set_defaults(handler=_list_models)
     return parser
@@ -211,6 +225,25 @@ def _plot(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     print(f"wrote {export_pretrained(args.run_dir, args.name, args.command)}")
+    return 0
+
+
+def _neural_predictivity(args: argparse.Namespace) -> int:
+    recordings = neuro.load_recordings(args.recordings)
+    model, _ = load_model_source(args)
+    cnn = checkpoint.load_model(checkpoint.source_path(args.cnn), iterations=0) if args.cnn else None
+    options = dict(layers=args.layers, n_components=args.components, splits=args.splits, seed=args.seed)
+    rows = [{"model": "cnn", **row} for row in (neuro.score_model(cnn, recordings, **options) if cnn else [])]
+    rows += [{"model": "model", **row} for row in neuro.score_model(model, recordings, iterations=args.iterations, **options)]
+    ceiling = neuro.ceilings(recordings, args.splits, args.seed)
+    config = {"model": args.pretrained or str(args.run_dir), "cnn": args.cnn and str(args.cnn),
+              "recordings": str(args.recordings), "images": len(recordings.responses),
+              "iterations": model.iterations if args.iterations is None else args.iterations,
+              "stratified": recordings.labels is not None, **options, "layers": list(dict.fromkeys(row["layer"] for row in rows))}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"config": config, "ceiling": ceiling, "scores": rows}, indent=1))
+    print(neuro.format_scores(rows, ceiling))
+    print(f"results: {args.out}")
     return 0
 
 
