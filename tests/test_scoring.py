@@ -54,14 +54,20 @@ def _tiny_images(n: int) -> ImageSet:
                     torch.randint(0, 10, (n,), generator=gen))
 
 
-def test_clean_accuracy_scores_each_step_as_scoring_defines():
+def _batched_and_whole(statistic):
+    """`statistic` of a CNN-F-2 on 12 images in batches of 5, and the trajectory of all 12 at once."""
     torch.manual_seed(0)
     model = cnnf.create_model("paper_mnist", iterations=2).eval()
     images = _tiny_images(12)
-    acc = accuracy_per_iteration(model, images, iterations=2, batch_size=5)
+    batched = statistic(model, images, iterations=2, batch_size=5)
     x, y = next(images.batches(12))
     with torch.no_grad():
-        logits = model.infer(x, iterations=2).logits
+        return batched, model.infer(x, iterations=2), y
+
+
+def test_clean_accuracy_scores_each_step_as_scoring_defines():
+    acc, run, y = _batched_and_whole(accuracy_per_iteration)
+    logits = run.logits
     for mode in OUTPUTS:
         expected = (scores_per_step(logits, mode).argmax(-1) == y).double().mean(1)
         assert acc[mode] == pytest.approx(expected.tolist(), abs=1e-12)
@@ -79,13 +85,7 @@ def test_clean_accuracy_refuses_bad_arguments(images, iterations, batch_size, ne
 def test_trajectory_diagnostics_are_the_per_step_means():
     """Cross entropy per step, and g_t against h_0 (squared error, norm ratio, cosine), averaged
     over images across uneven batches, equal the same quantities computed on the whole set."""
-    torch.manual_seed(0)
-    model = cnnf.create_model("paper_mnist", iterations=2).eval()
-    images = _tiny_images(12)
-    stats = trajectory_statistics(model, images, iterations=2, batch_size=5)
-    x, y = next(images.batches(12))
-    with torch.no_grad():
-        run = model.infer(x, iterations=2)
+    stats, run, y = _batched_and_whole(trajectory_statistics)
     h = run.features[0].flatten(1)
     expected = {
         "ce": [F.cross_entropy(y_t, y).item() for y_t in run.logits],

@@ -1,4 +1,5 @@
-"""The `cnnf` command: train, test and list models. Bad input exits with code 2 and one line.
+"""The `cnnf` command: train, test, evaluate, plot, export, list models, neural predictivity.
+Bad input exits with code 2 and one line.
 
 Every argument is checked while the command line is parsed (argparse `type=` converters that
 reuse the library's own checks), before any model, data set or progress file is read.
