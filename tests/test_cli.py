@@ -78,6 +78,16 @@ def test_other_commands_refuse_bad_arguments(run: Path, capsys, args, needle):
     assert needle in _error(capsys, [str(run) if a == "RUN" else a for a in args])
 
 
+def test_user_dataset_without_its_files(run: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """Another dataset than the run's does not inherit the run's data dir; the error names the layout."""
+    monkeypatch.delenv("CNNF_DATA_DIR", raising=False)
+    err = _error(capsys, ["test", str(run), "--dataset", "cifar10"])
+    assert "cifar10: no data folder given (expected DIR/cifar-10-batches-bin/data_batch_1.bin" in err
+    assert "--data-dir DIR, or set CNNF_DATA_DIR" in err
+    err = _error(capsys, ["evaluate", str(run), "--dataset", "imagefolder", "--data-dir", str(tmp_path)])
+    assert f"{tmp_path / 'train'}: missing; expected DIR/train/<class>/<image>" in err
+
+
 def test_an_evaluate_out_that_is_a_folder_is_refused(run: Path, capsys):
     assert "argument --out: " in _error(capsys, ["evaluate", str(run), "--out", str(run)])
 

@@ -1,4 +1,4 @@
-"""Tests for cnnf.data: idx/pickle parsing, error messages, batching and splitting."""
+"""Tests for cnnf.data: idx/pickle/CIFAR/ImageFolder parsing, error messages, batching and splitting."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 
 from cnnf import data
 from cnnf.data import DataError, ImageSet
-from synthetic import make_fashion_dir, write_idx
+from synthetic import make_cifar_dir, make_fashion_dir, make_image_folder, write_cifar_file, write_idx, write_image
 
 rng = np.random.default_rng(0)
 
@@ -151,10 +151,10 @@ def test_hashes_checked_only_for_debian_dir(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_unknown_dataset_lists_choices() -> None:
-    with pytest.raises(ValueError, match="fashion-mnist, mnist"):
-        data.load_dataset("cifar10")
-    with pytest.raises(ValueError, match="fashion-mnist, mnist"):
-        data.default_data_dir("cifar10")
+    with pytest.raises(ValueError, match="fashion-mnist, mnist, cifar10, imagefolder"):
+        data.load_dataset("svhn")
+    with pytest.raises(ValueError, match="fashion-mnist, mnist, cifar10, imagefolder"):
+        data.default_data_dir("svhn")
 
 
 def test_default_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -291,6 +291,192 @@ def test_fetch_cli_success(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     assert capsys.readouterr().out.strip() == str(tmp_path / "mnist.pkl.gz")
 
 
+# --- CIFAR-10 (binary version) ----------------------------------------------------
+
+
+def one_line_error(call, *args, **kwargs) -> str:
+    """The message of the DataError ``call`` raises, checked to be one line."""
+    with pytest.raises(DataError) as err:
+        call(*args, **kwargs)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("inner", [True, False])
+def test_cifar10_loads_batches(tmp_path: Path, inner: bool) -> None:
+    content = make_cifar_dir(tmp_path / "cifar-10-batches-bin" if inner else tmp_path)
+    sets = data.load_dataset("cifar10", tmp_path)
+    for split, (images, labels) in content.items():
+        s = sets[split]
+        assert s.images.dtype == torch.uint8 and s.images.shape == (len(labels), 3, 32, 32)
+        assert s.num_classes == 10
+        np.testing.assert_array_equal(s.images.numpy(), images)
+        np.testing.assert_array_equal(s.labels.numpy(), labels)
+    assert (len(sets["train"]), len(sets["test"])) == (10, 3)
+
+
+def test_cifar_record_layout_is_label_then_rgb_planes(tmp_path: Path) -> None:
+    record = bytearray([7] + [10] * 1024 + [20] * 1024 + [30] * 1024)
+    record[1 + 1 * 32 + 5] = 255  # R plane, row 1, column 5
+    record[1 + 2 * 1024 + 31 * 32] = 0  # B plane, row 31, column 0
+    path = tmp_path / "test_batch.bin"
+    path.write_bytes(bytes(record))
+    images, labels = data.read_cifar_file(path)
+    assert labels.tolist() == [7]
+    assert images[0, :, 0, 0].tolist() == [10, 20, 30]
+    assert images[0, 0, 1, 5] == 255 and images[0, 2, 31, 0] == 0
+    assert (images[0] != np.array([10, 20, 30]).reshape(3, 1, 1)).sum() == 2
+
+
+def test_cifar_missing_files_name_file_and_layout(tmp_path: Path) -> None:
+    message = one_line_error(data.load_dataset, "cifar10", tmp_path)
+    assert message.startswith(f"{tmp_path / 'data_batch_1.bin'}: missing; expected DIR/cifar-10-batches-bin/")
+    assert "fix: download the binary version cifar-10-binary.tar.gz" in message and "--data-dir" in message
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    assert "cifar-10-batches-py is the python version" in one_line_error(data.load_dataset, "cifar10", tmp_path)
+    make_cifar_dir(tmp_path / "cifar-10-batches-bin")
+    (tmp_path / "cifar-10-batches-bin" / "data_batch_4.bin").unlink()
+    assert "data_batch_4.bin: missing" in one_line_error(data.load_dataset, "cifar10", tmp_path)
+
+
+@pytest.mark.parametrize("cut", [1, 3073 * 2])
+def test_cifar_truncated_file_names_file(tmp_path: Path, cut: int) -> None:
+    make_cifar_dir(tmp_path)
+    path = tmp_path / "data_batch_3.bin"  # one record
+    path.write_bytes(path.read_bytes()[:-cut] if cut < 3073 else b"")
+    size = 3072 if cut == 1 else 0
+    message = one_line_error(data.load_dataset, "cifar10", tmp_path)
+    assert message.startswith(f"{path}: {size} bytes is not a whole number (>= 1) of 3073-byte records")
+
+
+def test_cifar_label_out_of_range_names_file(tmp_path: Path) -> None:
+    make_cifar_dir(tmp_path)
+    write_cifar_file(tmp_path / "test_batch.bin", [3, 10, 2])
+    message = one_line_error(data.load_dataset, "cifar10", tmp_path)
+    assert message.startswith(f"{tmp_path / 'test_batch.bin'}: label 10 of record 1 outside 0..9")
+
+
+def test_user_datasets_need_a_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    for name in ("cifar10", "imagefolder"):
+        message = one_line_error(data.load_dataset, name)
+        assert message.startswith(f"{name}: no data folder given (expected DIR/")
+        assert "--data-dir DIR" in message and data.DATA_DIR_ENV in message
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
+    assert data.default_data_dir("cifar10") == tmp_path / "cifar10"
+    make_cifar_dir(tmp_path / "cifar10" / "cifar-10-batches-bin")
+    assert len(data.load_dataset("cifar10")["test"]) == 3
+
+
+# --- ImageFolder trees ------------------------------------------------------------
+
+
+def small_folder(root: Path, image_size: int = 4, resize_to: int = 6) -> dict[str, ImageSet]:
+    return data.load_image_folder(root, image_size=image_size, resize_to=resize_to)
+
+
+def test_image_folder_classes_labels_and_shapes(tmp_path: Path) -> None:
+    classes = {"b_dog": [(9, 7), (6, 12)], "a_cat": [(6, 6)], "c_bird": [(20, 8), (7, 7), (8, 30)]}
+    make_image_folder(tmp_path, classes)
+    make_image_folder(tmp_path, {name: [(10, 10)] for name in classes}, split="val")
+    write_image(tmp_path / "train" / "a_cat" / "grey.PNG", np.full((8, 8), 99, dtype=np.uint8))
+    (tmp_path / "train" / "a_cat" / "notes.txt").write_text("not an image, ignored")
+    (tmp_path / "train" / ".cache").mkdir()  # hidden folders are not classes
+    sets = small_folder(tmp_path)
+    train, test = sets["train"], sets["test"]
+    assert train.images.dtype == torch.uint8 and train.images.shape == (7, 3, 4, 4)
+    assert test.images.shape == (3, 3, 4, 4)
+    assert train.num_classes == test.num_classes == 3
+    assert train.labels.tolist() == [0, 0, 1, 1, 2, 2, 2] and test.labels.tolist() == [0, 1, 2]  # sorted names
+    assert torch.all(train.images[0] == 99)  # a_cat/grey.PNG sorts first; grey -> RGB
+    assert len(list(train.batches(3))) == 3 and next(train.batches(3))[0].shape == (3, 3, 4, 4)
+
+
+def test_image_folder_test_split_used_without_val(tmp_path: Path) -> None:
+    make_image_folder(tmp_path, {"x": [(6, 6)], "y": [(6, 6)]})
+    make_image_folder(tmp_path, {"x": [(6, 6)] * 2, "y": [(6, 6)]}, split="test")
+    assert small_folder(tmp_path)["test"].labels.tolist() == [0, 0, 1]
+    make_image_folder(tmp_path, {"x": [(6, 6)], "y": [(6, 6)]}, split="val")
+    assert small_folder(tmp_path)["test"].labels.tolist() == [0, 1]  # val/ wins
+
+
+def coordinate_image(width: int, height: int) -> np.ndarray:
+    """RGB pixels R = x, G = y, B = 77."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x, y, np.full_like(x, 77)], axis=-1).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("width", "height", "left", "top"), [(12, 6, 4, 1), (6, 12, 1, 4), (9, 6, 2, 1)])
+def test_center_crop_offsets(tmp_path: Path, width: int, height: int, left: int, top: int) -> None:
+    """Short side already resize_to: only the crop acts; offsets round((size - 4) / 2), 2.5 -> 2 as torchvision."""
+    path = write_image(tmp_path / "a.png", coordinate_image(width, height))
+    out = data.decode_image(path, image_size=4, resize_to=6)
+    assert out.shape == (3, 4, 4)
+    np.testing.assert_array_equal(out[0], np.tile(np.arange(left, left + 4), (4, 1)))
+    np.testing.assert_array_equal(out[1], np.tile(np.arange(top, top + 4)[:, None], (1, 4)))
+    assert np.all(out[2] == 77)
+
+
+def test_resize_short_side_then_crop(tmp_path: Path) -> None:
+    """40 x 20, a B stripe at x in [20, 28) on A: short side 20 -> 10 puts it at [10, 14), the crop (left 5) at [5, 9).
+
+    Bilinear at scale 1/2 blends the stripe's edges one pixel to each side; without the resize the
+    crop (left 15) would show B at columns 5..9.
+    """
+    a, b = np.array([10, 200, 30], dtype=np.uint8), np.array([250, 5, 120], dtype=np.uint8)
+    pixels = np.tile(a, (20, 40, 1))
+    pixels[:, 20:28] = b
+    out = data.decode_image(write_image(tmp_path / "a.png", pixels), image_size=10, resize_to=10)
+    assert out.shape == (3, 10, 10)
+    np.testing.assert_allclose(out[0], np.tile([10, 10, 10, 10, 40, 220, 250, 250, 220, 40], (10, 1)), atol=1)
+    for column, colour in ((0, a), (3, a), (6, b), (7, b)):
+        np.testing.assert_allclose(out[:, :, column], np.tile(colour[:, None], (1, 10)), atol=1)
+
+
+def test_image_folder_default_size_via_load_dataset(tmp_path: Path) -> None:
+    make_image_folder(tmp_path, {"x": [(30, 20)], "y": [(16, 16)]})
+    make_image_folder(tmp_path, {"x": [(8, 8)], "y": [(8, 8)]}, split="val")
+    sets = data.load_dataset("imagefolder", tmp_path)
+    assert sets["train"].images.shape == (2, 3, 224, 224) and sets["test"].images.shape == (2, 3, 224, 224)
+
+
+def test_image_folder_errors_name_the_path(tmp_path: Path) -> None:
+    message = one_line_error(small_folder, tmp_path / "nowhere")
+    assert message.startswith(f"{tmp_path / 'nowhere'}: missing; expected DIR/train/<class>/<image>")
+    assert one_line_error(small_folder, tmp_path).startswith(f"{tmp_path / 'train'}: missing; expected")
+    (tmp_path / "train").mkdir()
+    assert one_line_error(small_folder, tmp_path).startswith(f"{tmp_path / 'train'}: no class folders; expected")
+    make_image_folder(tmp_path, {"x": [(6, 6)], "y": [(6, 6)]})
+    assert one_line_error(small_folder, tmp_path).startswith(f"{tmp_path / 'val'}: missing; expected")
+    make_image_folder(tmp_path, {"x": [(6, 6)], "z": [(6, 6)]}, split="val")
+    message = one_line_error(small_folder, tmp_path)
+    assert message.startswith(f"{tmp_path / 'val'}: class folders differ from train/ (missing: y; extra: z)")
+
+
+def test_image_folder_empty_class_and_unreadable_image(tmp_path: Path) -> None:
+    make_image_folder(tmp_path, {"x": [(6, 6)], "y": [(6, 6)]})
+    make_image_folder(tmp_path, {"x": [(6, 6)], "y": [(6, 6)]}, split="val")
+    (tmp_path / "train" / "w").mkdir()  # empty class folder
+    make_image_folder(tmp_path, {"w": [(6, 6)]}, split="val")
+    assert one_line_error(small_folder, tmp_path).startswith(f"{tmp_path / 'train' / 'w'}: no image files (.jpg")
+    (tmp_path / "train" / "w" / "readme.txt").write_text("no images here")
+    assert one_line_error(small_folder, tmp_path).startswith(f"{tmp_path / 'train' / 'w'}: no image files (.jpg")
+    make_image_folder(tmp_path, {"w": [(6, 6)]})
+    bad = tmp_path / "val" / "y" / "broken.jpg"
+    bad.write_bytes(b"this is not a JPEG")
+    message = one_line_error(small_folder, tmp_path)
+    assert message.startswith(f"{bad}: cannot decode image (") and "fix: replace or delete the file" in message
+    png = write_image(tmp_path / "val" / "y" / "broken.jpg", coordinate_image(6, 6).repeat(4, 0))
+    png.write_bytes(png.read_bytes()[:200])  # truncated
+    assert one_line_error(small_folder, tmp_path).startswith(f"{bad}: cannot decode image (")
+
+
+def test_image_folder_sizes_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="image_size <= resize_to"):
+        data.load_image_folder(tmp_path, image_size=8, resize_to=6)
+
+
 # --- ImageSet, scaling, batching, splitting -------------------------------------
 
 
@@ -310,6 +496,34 @@ def test_image_set_validates_shapes() -> None:
         ImageSet(torch.zeros(3, 1, 28, 28, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64))
     with pytest.raises(ValueError, match="labels must be int64"):
         ImageSet(torch.zeros(2, 1, 28, 28, dtype=torch.uint8), torch.zeros(2, dtype=torch.int32))
+
+
+def test_image_set_any_channels_and_size() -> None:
+    s = ImageSet(torch.zeros(5, 3, 6, 7, dtype=torch.uint8), torch.tensor([0, 1, 2, 3, 4]), num_classes=5)
+    x, y = next(s.batches(4))
+    assert x.dtype == torch.float32 and x.shape == (4, 3, 6, 7) and torch.all(x == -1)
+    assert s.subset(torch.tensor([4])).num_classes == 5
+    with pytest.raises(ValueError, match=r"images must be uint8 \(5, C, H, W\)"):
+        ImageSet(torch.zeros(5, 6, 7, dtype=torch.uint8), s.labels, num_classes=5)
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9, got 0\.\.10"):
+        ImageSet(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.1, got -1\.\.0"):
+        ImageSet(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([-1, 0]), num_classes=2)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagefolder"])
+def test_train_val_split_of_user_sets(tmp_path: Path, name: str) -> None:
+    if name == "cifar10":
+        make_cifar_dir(tmp_path)
+        train = data.load_dataset(name, tmp_path)["train"]
+    else:
+        make_image_folder(tmp_path, {c: [(6, 6)] * 3 for c in "abcd"})
+        make_image_folder(tmp_path, {c: [(6, 6)] for c in "abcd"}, split="val")
+        train = small_folder(tmp_path)["train"]
+    part, val = data.train_val_split(train, 4, seed=0)
+    assert (len(part), len(val)) == (len(train) - 4, 4)
+    assert part.images.shape[1:] == val.images.shape[1:] == train.images.shape[1:]
+    assert val.num_classes == train.num_classes
 
 
 def test_batches_in_order_with_partial_last_batch() -> None:

@@ -172,10 +172,16 @@ def load_model_source(args: argparse.Namespace):
     return checkpoint.model_from_state(state, path), state.get("config", {})
 
 
+def _data_source(args: argparse.Namespace, config: dict) -> tuple[str, Path | str | None]:
+    """(dataset, data dir): the arguments, else the training config's; its data dir only for its own dataset."""
+    trained_on = config.get("dataset", "fashion-mnist")
+    dataset = args.dataset or trained_on
+    return dataset, args.data_dir or (config.get("data_dir") if dataset == trained_on else None)
+
+
 def _test(args: argparse.Namespace) -> int:
     model, config = load_model_source(args)
-    dataset = args.dataset or config.get("dataset", "fashion-mnist")
-    data_dir = args.data_dir or config.get("data_dir")
+    dataset, data_dir = _data_source(args, config)
     iterations = model.iterations if args.iterations is None else args.iterations
     test_set = load_dataset(dataset, data_dir)["test"]
     stats = trajectory_statistics(model, test_set, iterations)
@@ -193,7 +199,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if "cnn" in args.targets and args.cnn is None:
         raise UsageError("--targets cnn transfers from a separately trained CNN: give it with --cnn RUN_DIR_OR_CHECKPOINT")
     model, config = load_model_source(args)
-    test_set = load_dataset(args.dataset or config.get("dataset", "fashion-mnist"), args.data_dir or config.get("data_dir"))["test"]
+    test_set = load_dataset(*_data_source(args, config))["test"]
     if args.subset is not None:
         test_set = test_set.subset(torch.arange(min(args.subset, len(test_set))))
     sweep = Sweep(

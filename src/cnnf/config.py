@@ -32,8 +32,8 @@ class TrainConfig:
     residual: float = 1.0               # r in h <- h + r (g - h); 1 is the paper
     relu_mixing: float = 0.0            # the released code's AdaReLU, f <- f + m (g - f) before
                                         # the mask (it uses 0.1); 0 is the paper
-    dataset: str = "fashion-mnist"      # "fashion-mnist" | "mnist"
-    data_dir: str | None = None         # None: the default location of the data set
+    dataset: str = "fashion-mnist"      # one of cnnf.data.DATASETS: fashion-mnist, mnist, cifar10, imagefolder
+    data_dir: str | None = None         # None: cnnf.data.default_data_dir (none for cifar10, imagefolder)
     val_size: int = 5000                # validation images carved from the training set
     train_subset: int | None = None     # use only the first n shuffled training images
     epochs: int = 30

