@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnf.data import ImageSet
+from cnnf.device import device_of
 from cnnf.inputs import check_count
 from cnnf.model import CNNF
 from cnnf.scoring import OUTPUTS, scores_per_step
@@ -28,6 +29,7 @@ def trajectory_statistics(model: CNNF, images: ImageSet, iterations: int,
     check_count(batch_size, "batch_size")
     sums: dict[str, torch.Tensor] = {}
     for x, y in images.batches(batch_size):
+        x, y = x.to(device_of(model)), y.to(device_of(model))
         run = model.infer(x, iterations=iterations)
         logits = torch.stack(run.logits)  # (N + 1, B, classes)
         per_image = {mode: (scores_per_step(logits, mode).argmax(-1) == y).double() for mode in OUTPUTS}
@@ -35,7 +37,7 @@ def trajectory_statistics(model: CNNF, images: ImageSet, iterations: int,
         per_image |= _reconstruction_statistics(run.reconstructions, run.features[0])
         for name, values in per_image.items():  # values: (steps, B)
             sums[name] = sums.get(name, 0) + values.double().sum(1)
-    return {name: (total / len(images)).tolist() for name, total in sums.items()}
+    return {name: (total / len(images)).cpu().tolist() for name, total in sums.items()}
 
 
 def accuracy_per_iteration(model: CNNF, images: ImageSet, iterations: int, batch_size: int = 500) -> dict[str, list[float]]:

@@ -20,12 +20,13 @@ import yaml
 
 from cnnf import checkpoint, neuro
 from cnnf.accuracy import trajectory_statistics
-from cnnf.fast.allocator import keep_freed_memory
 from cnnf.attacks import TARGETS, parse_attacks
 from cnnf.attacks.threat import check_eps
 from cnnf.config import ConfigError, load_config
 from cnnf.data import DATASETS, DataError, load_dataset
+from cnnf.device import check_device_name, resolve_device
 from cnnf.evaluate import Sweep, format_table, run_sweep
+from cnnf.fast.allocator import keep_freed_memory
 from cnnf.model_card import export_pretrained
 from cnnf.plot import plot_results
 from cnnf.scoring import OUTPUTS
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="run folder (default: runs/CONFIG_NAME)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    _add_device(p, "default: the config's device")
     p.set_defaults(handler=_train)
 
     p = commands.add_parser("test", help="clean test accuracy after every iteration count 0..N")
@@ -83,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=_count(0), help="evaluate 0..N iterations (default: the model's N)")
     p.add_argument("--dataset", choices=DATASETS, help="default: the one the model was trained on")
     p.add_argument("--data-dir", type=_folder, help="folder holding the data set files")
+    _add_device(p, "default: auto")
     p.set_defaults(handler=_test)
 
     p = commands.add_parser("evaluate", help="robustness sweep: attacks x targets x eps, scored per iteration count")
@@ -142,6 +145,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_device(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--device", type=_from_library(check_device_name), help=f"auto, cpu, cuda or cuda:N ({default})")
+
+
 def _add_model_source(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("run_dir", nargs="?", type=_from_library(_model_source),
@@ -154,13 +161,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.config is not None or args.overrides:
             raise ConfigError("--resume continues a run with its saved config; drop --config and --set")
-        path = train(args.resume, resume=True)
+        path = train(args.resume, resume=True, device=args.device)
     else:
         if args.config is None:
             raise ConfigError("give --config CONFIG.yaml to start a run, or --resume RUN_DIR to continue one")
         config = load_config(args.config, args.overrides)
         run_dir = args.out or Path("runs") / args.config.stem
-        path = train(run_dir, config, overwrite=args.overwrite)
+        path = train(run_dir, config, overwrite=args.overwrite, device=args.device)
     print(f"final model: {path}")
     return 0
 
@@ -180,7 +187,9 @@ def _data_source(args: argparse.Namespace, config: dict) -> tuple[str, Path | st
 
 
 def _test(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device or "auto")
     model, config = load_model_source(args)
+    model.to(device)
     dataset, data_dir = _data_source(args, config)
     iterations = model.iterations if args.iterations is None else args.iterations
     test_set = load_dataset(dataset, data_dir)["test"]

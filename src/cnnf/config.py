@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from cnnf.device import check_device_name
+
 from cnnf.records import allowed_types, from_plain
 from cnnf.scoring import OUTPUTS
 
@@ -48,6 +50,7 @@ class TrainConfig:
     alpha_norm: float = 0.0
     seed: int = 0
     threads: int | None = None          # torch.set_num_threads; None: torch's default
+    device: str = "auto"                # auto (CUDA where available) | cpu | cuda | cuda:N
     checkpoint_every: int = 100         # steps between checkpoints (and one per epoch)
     eval_batch_size: int = 500
     tensorboard: bool = False
@@ -78,6 +81,10 @@ class TrainConfig:
             raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not 0 < self.residual <= 1:
             raise ConfigError(f"residual must be in (0, 1], got {self.residual}")
+        try:
+            check_device_name(self.device)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if not 0 <= self.relu_mixing < 1:
             raise ConfigError(f"relu_mixing must be in [0, 1) (0 is the paper's AdaReLU), got {self.relu_mixing}")
 

@@ -47,7 +47,7 @@ def cnnf_loss(
     inputs pass the clean image's features). The norm term needs `keep_activations=True`.
     """
     terms = {"ce": _mean(F.cross_entropy(y, labels) for y in run.logits)}
-    zero = torch.zeros((), dtype=run.logits[0].dtype)
+    zero = run.logits[0].new_zeros(())
     target = run.features[0] if target is None else target
     terms["rec"] = reconstruction_error(run.reconstructions, target) if run.feedbacks else zero
     terms["cll"] = zero
@@ -69,7 +69,8 @@ def class_energies(model: CNNF, latents: Latents) -> Tensor:
     """eta(c, z) for every class c, (B, classes): feedback from each one-hot with the same z."""
     batch = next(z for z in latents if z is not None).shape[0]
     k = model.num_classes
-    one_hots = torch.eye(k, dtype=model.layers[0].weight.dtype).repeat(batch, 1)
+    weight = model.layers[0].weight
+    one_hots = torch.eye(k, dtype=weight.dtype, device=weight.device).repeat(batch, 1)
     repeated = tuple(None if z is None else z.repeat_interleave(k, 0) for z in latents)
     return model.eta(model.feedback(one_hots, repeated)).view(batch, k)
 

@@ -25,6 +25,7 @@ from cnnf import checkpoint
 from cnnf.accuracy import DIAGNOSTICS, trajectory_statistics
 from cnnf.config import ConfigError, TrainConfig, learning_rate, load_config, save_config
 from cnnf.data import ImageSet, load_dataset, train_val_split
+from cnnf.device import device_of, resolve_device
 from cnnf.losses import LossWeights
 from cnnf.model import CNNF
 from cnnf.records import RecordError, from_plain, read_json_lines
@@ -141,9 +142,13 @@ def prepare_run(run_dir: Path, config: TrainConfig | None, resume: bool, overwri
     return config
 
 
-def train(run_dir: str | Path, config: TrainConfig | None = None, resume: bool = False, overwrite: bool = False) -> Path:
-    """Train (or resume) the run in `run_dir`; returns the path of the final model."""
+def train(run_dir: str | Path, config: TrainConfig | None = None, resume: bool = False, overwrite: bool = False,
+          device: str | None = None) -> Path:
+    """Train (or resume) the run in `run_dir`; returns the path of the final model. `device`
+    overrides the config's (a resumed run may continue on another machine)."""
     run_dir = Path(run_dir)
+    if device is not None or config is not None:
+        resolve_device(device or config.device)  # fail before the run folder is created
     if config is not None and config.tensorboard:
         _summary_writer_class()  # fail before the run folder is created
     initial = _initial_weights(config) if config is not None and not resume else None
@@ -152,7 +157,7 @@ def train(run_dir: str | Path, config: TrainConfig | None = None, resume: bool =
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     train_set, val_set = load_splits(config)
-    model = build_model(config)
+    model = build_model(config).to(resolve_device(device or config.device))
     if initial is not None:
         checkpoint.load_into(model, initial, config.init_from)
     optimizer = adam(model.parameters(), config.lr, config.weight_decay)
@@ -197,7 +202,7 @@ def _train_epoch(run_dir: Path, config: TrainConfig, model: CNNF, optimizer, ste
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, position.global_step + position.step, n_batches)
         start = time.perf_counter()
-        result = step_fn(x, y)
+        result = step_fn(x.to(device_of(model)), y.to(device_of(model)))
         totals.add(result, len(y), time.perf_counter() - start)
         position.step += 1
         bar.update()
@@ -237,6 +242,7 @@ def _adversarial_accuracy(config: TrainConfig, model: CNNF, val_set: ImageSet) -
     subset = val_set.subset(torch.arange(min(1000, len(val_set))))
     correct = 0
     for x, y in subset.batches(config.eval_batch_size):
+        x, y = x.to(device_of(model)), y.to(device_of(model))
         x_adv = adversary(x, y)
         with torch.inference_mode():
             correct += int((model(x_adv).argmax(1) == y).sum())
