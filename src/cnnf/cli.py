@@ -24,7 +24,7 @@ from cnnf.attacks import TARGETS, parse_attacks
 from cnnf.attacks.threat import check_eps
 from cnnf.config import ConfigError, load_config
 from cnnf.data import DATASETS, DataError, load_dataset
-from cnnf.device import check_device_name, resolve_device
+from cnnf.device import check_device_name, device_of, resolve_device
 from cnnf.evaluate import Sweep, format_table, run_sweep
 from cnnf.fast.allocator import keep_freed_memory
 from cnnf.model_card import export_pretrained
@@ -112,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS, help="default: the dataset the model was trained on")
     p.add_argument("--data-dir", type=_folder)
     p.add_argument("--out", type=_new_file, help="results JSON (default: results/NAME.json); a plot is written beside it")
+    _add_device(p, "default: auto")
     p.set_defaults(handler=_evaluate)
 
     p = commands.add_parser("plot", help="accuracy vs eps from one or more results files")
@@ -138,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", type=_count(1), default=10, help="random 90/10 splits of the images")
     p.add_argument("--seed", type=_count(0), default=0)
     p.add_argument("--out", type=_new_file, required=True, help="results JSON")
+    _add_device(p, "default: auto")
     p.set_defaults(handler=_neural_predictivity)
 
     p = commands.add_parser("list-models", help="registered architectures and shipped pretrained weights")
@@ -173,10 +175,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def load_model_source(args: argparse.Namespace):
-    """(model, saved training config) from a run folder or a pretrained name."""
+    """(model on --device, saved training config) from a run folder or a pretrained name."""
+    device = resolve_device(args.device or "auto")
     path = checkpoint.pretrained_path(args.pretrained) if args.pretrained else checkpoint.source_path(args.run_dir)
     state = checkpoint.read(path)
-    return checkpoint.model_from_state(state, path), state.get("config", {})
+    return checkpoint.model_from_state(state, path).to(device), state.get("config", {})
 
 
 def _data_source(args: argparse.Namespace, config: dict) -> tuple[str, Path | str | None]:
@@ -187,9 +190,7 @@ def _data_source(args: argparse.Namespace, config: dict) -> tuple[str, Path | st
 
 
 def _test(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device or "auto")
     model, config = load_model_source(args)
-    model.to(device)
     dataset, data_dir = _data_source(args, config)
     iterations = model.iterations if args.iterations is None else args.iterations
     test_set = load_dataset(dataset, data_dir)["test"]
@@ -220,7 +221,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         early_stop=not args.no_early_stop,
     )
-    cnn = checkpoint.load_model(checkpoint.source_path(args.cnn)) if args.cnn else None
+    cnn = checkpoint.load_model(checkpoint.source_path(args.cnn)).to(device_of(model)) if args.cnn else None
     out = args.out or Path("results") / f"{args.pretrained or args.run_dir.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = run_sweep(model, test_set, sweep, cnn=cnn, progress=out.with_suffix(".progress.pt"),
@@ -247,7 +248,7 @@ def _export(args: argparse.Namespace) -> int:
 def _neural_predictivity(args: argparse.Namespace) -> int:
     recordings = neuro.load_recordings(args.recordings)
     model, _ = load_model_source(args)
-    cnn = checkpoint.load_model(checkpoint.source_path(args.cnn), iterations=0) if args.cnn else None
+    cnn = checkpoint.load_model(checkpoint.source_path(args.cnn), iterations=0).to(device_of(model)) if args.cnn else None
     options = dict(layers=args.layers, n_components=args.components, splits=args.splits, seed=args.seed)
     rows = [{"model": "cnn", **row} for row in (neuro.score_model(cnn, recordings, **options) if cnn else [])]
     rows += [{"model": "model", **row} for row in neuro.score_model(model, recordings, iterations=args.iterations, **options)]

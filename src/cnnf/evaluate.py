@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from cnnf.attacks import TARGETS, AttackSpec, GradientSource, gradient_source
 from cnnf.attacks.threat import check_eps
 from cnnf.data import ImageSet
+from cnnf.device import device_of
 from cnnf.inputs import check_count
 from cnnf.model import CNNF
 from cnnf.model_card import git_revision
@@ -175,7 +176,9 @@ def _attack_run(model: CNNF, images: ImageSet, sweep: Sweep, attacker: Attacker,
 
 def _batch_flags(model: CNNF, x: torch.Tensor, y: torch.Tensor, sweep: Sweep, attacker: Attacker | None,
                  batch: int) -> Flags:
-    """Per scoring: correct predictions on batch number `batch`, attacked by `attacker` or clean (None)."""
+    """Per scoring: correct predictions on batch number `batch`, attacked by `attacker` or clean
+    (None), computed on the model's device and returned on the CPU (as progress files keep them)."""
+    x, y = x.to(device_of(model)), y.to(device_of(model))
     if attacker is not None and attacker.key.eps > 0:  # at eps = 0 every attack returns x
         spec, key = attacker.spec, attacker.key
         generator = torch.Generator().manual_seed(key.seed * 1_000_003 + batch)
@@ -183,7 +186,7 @@ def _batch_flags(model: CNNF, x: torch.Tensor, y: torch.Tensor, sweep: Sweep, at
     with torch.inference_mode():
         logits = torch.stack(model.infer(x, iterations=max(sweep.iterations)).logits)  # (N + 1, B, classes)
     correct = {mode: scores_per_step(logits, mode).argmax(-1) == y for mode in sweep.outputs}  # (N + 1, B)
-    return {s: correct[s.output][s.iterations] for s in sweep.scorings()}
+    return {s: correct[s.output][s.iterations].cpu() for s in sweep.scorings()}
 
 
 def _concatenate(batches: list[Flags]) -> Flags:
@@ -290,6 +293,7 @@ def _strength_order(rows: list[Row]) -> list[Check]:
 
 def _gradient_checks(model: CNNF, images: ImageSet, sweep: Sweep, cnn: CNNF | None) -> list[Check]:
     x, y = next(images.batches(min(len(images), 32)))
+    x, y = x.to(device_of(model)), y.to(device_of(model))
     checks = []
     for target in sweep.targets:
         x_ = x.clone().requires_grad_(True)

@@ -25,6 +25,7 @@ from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
 from torch import Tensor
 
 from cnnf.data import to_model_range
+from cnnf.device import device_of
 from cnnf.model import CNNF
 
 TEST_SIZE = 0.1
@@ -222,10 +223,10 @@ def model_features(model: CNNF, stimuli: Tensor, layers: Sequence[str] | None = 
     parts: dict[tuple[str, int], list[np.ndarray]] = {}
     with torch.no_grad():
         for batch in stimuli.split(batch_size):
-            run = model.infer(batch, iterations=iterations, keep_activations=True)
+            run = model.infer(batch.to(device_of(model)), iterations=iterations, keep_activations=True)
             for t, outputs in enumerate(run.activations):
                 for name in names:
-                    parts.setdefault((name, t), []).append(outputs[index[name]].flatten(1).double().numpy())
+                    parts.setdefault((name, t), []).append(outputs[index[name]].flatten(1).double().cpu().numpy())
     return {key: np.concatenate(chunks) for key, chunks in parts.items()}
 
 

@@ -109,7 +109,8 @@ def _pgd_run(model_fn, x, y, eps, steps, step_size, random_start, generator, ear
     x_adv = x.clone()  # updated in place, sample by sample
     if random_start:
         r = radius(eps)
-        x_adv = project(x + torch.empty_like(x).uniform_(-r, r, generator=generator), x, eps)
+        start = torch.empty(x.shape, dtype=x.dtype).uniform_(-r, r, generator=generator)  # on the CPU: the same
+        x_adv = project(x + start.to(x.device), x, eps)                                   # starts on any device
     active = torch.arange(len(x), device=x.device)
     for _ in range(steps):
         grad, logits = input_gradient(model_fn, x_adv[active], y[active])

@@ -129,7 +129,8 @@ def _estimate_gradient(model_fn, x, y, objective, samples, delta, generator, max
     grad = torch.zeros_like(x)
     for start in range(0, samples, per_call):
         k = min(per_call, samples - start)
-        directions = torch.randint(0, 2, (n, k, *x.shape[1:]), generator=generator, device=x.device).to(x.dtype) * 2 - 1
+        signs = torch.randint(0, 2, (n, k, *x.shape[1:]), generator=generator)  # on the CPU: the same on any device
+        directions = signs.to(device=x.device, dtype=x.dtype) * 2 - 1
         centre = x.unsqueeze(1)
         queries = torch.cat([(centre + delta * directions), (centre - delta * directions)], dim=1).clamp(-1, 1)
         logits = predict(model_fn, queries.flatten(0, 1), max_batch)
