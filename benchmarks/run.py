@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 import cnnf
 from cnnf import steps
+from cnnf.device import device_of
 from cnnf.fast import kernels
 from cnnf.fast.allocator import keep_freed_memory
 from cnnf.layers import Conv2d, Linear
@@ -292,9 +293,11 @@ def conv_kernels(model: CNNF, layout: torch.memory_format, batch: int) -> dict[s
 
 
 def random_batch(model: CNNF, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images uniform in [-1, 1] and random labels (throughput does not depend on the data)."""
-    images = torch.rand(batch, *model.input_shape) * 2 - 1
-    return images, torch.randint(model.num_classes, (batch,))
+    """Images uniform in [-1, 1] and random labels (throughput does not depend on the data), on
+    the model's device."""
+    device = device_of(model)
+    images = torch.rand(batch, *model.input_shape, device=device) * 2 - 1
+    return images, torch.randint(model.num_classes, (batch,), device=device)
 
 
 def training_step(model: CNNF, batch: int) -> Callable[[], None]:
