@@ -29,25 +29,16 @@ import cnnf
 from cnnf.fast import kernels
 from cnnf.fast.allocator import keep_freed_memory
 from run import cpu_counters, fmt_share, inference_step, steal_fraction, training_step
+from throughput import images_per_s
 
 RESULTS = Path(__file__).with_name("results")
+CPU = torch.device("cpu")
 
 BASELINES = {
     "reference": lambda: cnnf.use_backend("reference"),
     "torch-code": lambda: kernels.use_kernels(False),
 }
 """Name: a context manager under which the baseline runs instead of the fast backend."""
-
-
-def images_per_s(step, batch: int, steps: int) -> float:
-    """Median images/s of `steps` timed calls after one untimed call."""
-    step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
 
 
 def compare(baseline: str, name: str, mode: str, iterations: int, batch: int, rounds: int, steps: int) -> dict:
@@ -60,7 +51,7 @@ def compare(baseline: str, name: str, mode: str, iterations: int, batch: int, ro
     for round_ in range(rounds):
         for state in ("on", "off") if round_ % 2 == 0 else ("off", "on"):
             with cnnf.use_backend("fast") if state == "on" else BASELINES[baseline]():
-                rates[state].append(images_per_s(step, batch, steps))
+                rates[state].append(images_per_s(step, batch, steps, CPU))
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
     return {"model": name, "mode": mode, "iterations": iterations, "on": on, "off": off, "speedup": on / off,
             "runs": rates, "steal_fraction": steal_fraction(start, cpu_counters())}
