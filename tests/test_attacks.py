@@ -1,4 +1,4 @@
-"""Attacks (DESIGN.md section 6): threat model, sanity orderings, gradient sources, registry,
+"""Attacks (docs/DESIGN.md section 6): threat model, sanity orderings, gradient sources, registry,
 and cross-checks against torchattacks and AutoAttack. Everything runs on a few images or on a
 tiny CNN-F trained for a few steps here on a synthetic task (one CPU thread)."""
 

@@ -18,7 +18,7 @@ from cnnf.cli import main
 
 @pytest.fixture(autouse=True, scope="module")
 def reference_backend():
-    """The reference backend: the features do not depend on it (DESIGN.md section 9), and the
+    """The reference backend: the features do not depend on it (docs/DESIGN.md section 9), and the
     fast one may first have to compile its kernels (minutes on a busy 2-core machine)."""
     with cnnf.use_backend("reference"):
         yield

@@ -1,4 +1,4 @@
-"""Adversarial attacks on CNN-F (DESIGN.md section 6), one attack per module, one contract:
+"""Adversarial attacks on CNN-F (docs/DESIGN.md section 6), one attack per module, one contract:
 
     x_adv = attack(model_fn, x, y, eps, ...)
 

@@ -2,7 +2,7 @@
 Against Weak Attacks", ICML 2018), built on Spall's simultaneous perturbation estimate.
 
 It only queries logits, so gradient masking (e.g. weak BPDA gradients through the unrolled
-CNN-F) cannot hide adversarial examples from it; DESIGN.md section 6 requires one such attack.
+CNN-F) cannot hide adversarial examples from it; docs/DESIGN.md section 6 requires one such attack.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Gradient sources: which network an attack differentiates (DESIGN.md section 6).
+"""Gradient sources: which network an attack differentiates (docs/DESIGN.md section 6).
 
 The paper (section 4.1, appendix B.2) attacks CNN-F in two ways:
 
