@@ -212,7 +212,7 @@ class CNNF(nn.Module):
         outputs: list[Tensor | None] = [None] * len(self.layers)
         for i in range(start, stop):
             h, latents[i] = self.layers[i](h, None if drive is None else drive[i])
-            outputs[i] = h
+            outputs[i] = h if keep else None
         return h, tuple(latents), (tuple(outputs) if keep else None)
 
     def _down(self, g: Tensor, latents: Latents, stop: int, drives_only: bool, use_fast: bool) -> tuple[Tensor, Signals]:

@@ -198,11 +198,12 @@ def _train_epoch(run_dir: Path, config: TrainConfig, model: CNNF, optimizer, ste
     bar = tqdm(total=n_batches, initial=position.step, desc=f"epoch {position.epoch + 1}/{config.epochs}",
                disable=not sys.stderr.isatty(), leave=False)
     model.train()
+    device = device_of(model)
     for x, y in batches:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, position.global_step + position.step, n_batches)
         start = time.perf_counter()
-        result = step_fn(x.to(device_of(model)), y.to(device_of(model)))
+        result = step_fn(x.to(device), y.to(device))
         totals.add(result, len(y), time.perf_counter() - start)
         position.step += 1
         bar.update()
