@@ -99,6 +99,7 @@ def test_model_card_of_an_adversarial_fine_tune(tmp_path: Path):
     assert card["adversarial_training"] == ADVERSARIAL and "&id" not in text
     record = json.loads((run / "metrics.jsonl").read_text())
     assert card["validation_adversarial_accuracy"] == record["val_adv_acc"]
-    assert f"starting from {start}" in card["epochs_note"] and "paper's 90" in card["epochs_note"]
+    assert card["deviations"] == [f"fine-tuned from {start} instead of trained from scratch",
+                                  f"{card['epochs']} epochs instead of the paper's 90"]
     trained, loaded = checkpoint.read(run / "model.pt")["model"], checkpoint.load_model(shipped).state_dict()
     assert all(torch.equal(trained[k], loaded[k]) for k in trained)

@@ -125,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=_folder)
     p.add_argument("--name", type=_model_name, required=True, help="pretrained name, e.g. cnnf5_fmnist")
     p.add_argument("--command", type=_text, required=True, help="the exact command that trained the run (for the card)")
+    p.add_argument("--note", type=_text, help="why the training departs from the paper's, where it does (for the card)")
     p.set_defaults(handler=_export)
 
     p = commands.add_parser("neural-predictivity", help="PLS neural predictivity of layers at every iteration (Brain-Score)")
@@ -241,7 +242,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    print(f"wrote {export_pretrained(args.run_dir, args.name, args.command)}")
+    print(f"wrote {export_pretrained(args.run_dir, args.name, args.command, note=args.note)}")
     return 0
 
 

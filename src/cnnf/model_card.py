@@ -15,11 +15,16 @@ from cnnf.train import read_metrics
 
 PAPER_EPOCHS = 30              # standard training (appendix B.1)
 PAPER_EPOCHS_ADVERSARIAL = 90  # adversarial training (appendix B.1)
+PAPER_SETTINGS = {"lr_schedule": "constant", "residual": 1.0, "relu_mixing": 0.0, "alpha_rec": 0.1,
+                  "alpha_cll": 0.0, "alpha_norm": 0.0, "weight_decay": 5e-4}
+"""Training settings of the paper's appendix B.1 that a card lists when a run departs from them."""
 
 
-def export_pretrained(run_dir: str | Path, name: str, command: str, out_dir: Path = checkpoint.PRETRAINED_DIR) -> Path:
+def export_pretrained(run_dir: str | Path, name: str, command: str, out_dir: Path = checkpoint.PRETRAINED_DIR,
+                      note: str | None = None) -> Path:
     """Copy `run_dir`'s final model to out_dir/NAME.pt and write out_dir/NAME.yaml, its card,
-    with the validation accuracy of the last epoch and the clean test accuracy per iteration."""
+    with the validation accuracy of the last epoch, the clean test accuracy per iteration, every
+    way the training departs from the paper's (`deviations`) and `note`, the reason for them."""
     run_dir = Path(run_dir)
     state = checkpoint.read(run_dir / "model.pt")
     model = checkpoint.model_from_state(state, run_dir / "model.pt")
@@ -37,7 +42,8 @@ def export_pretrained(run_dir: str | Path, name: str, command: str, out_dir: Pat
         "data": {"dataset": config["dataset"], "train_images": _train_images(config),
                  "validation_images": config["val_size"], "test_images": 10000},
         "epochs": len(records),
-        "epochs_note": _epochs_note(len(records), config),
+        "deviations": deviations(len(records), config),
+        **({"note": note} if note else {}),
         "validation_accuracy": records[-1]["val_acc"],
         **_adversarial_card(config, records[-1]),
         "test_accuracy": {**test, "iterations": list(range(model.iterations + 1))},
@@ -55,13 +61,24 @@ def _train_images(config: dict) -> int:
     return config["train_subset"] or 60000 - config["val_size"]
 
 
-def _epochs_note(epochs: int, config: dict) -> str:
-    paper = PAPER_EPOCHS_ADVERSARIAL if config.get("adversarial") else PAPER_EPOCHS
-    start = f", starting from {config['init_from']}" if config.get("init_from") else ""
-    if epochs >= paper:
-        return f"the paper's {paper} epochs{start}"
-    return (f"{epochs} epochs{start}, instead of the paper's {paper} from scratch: "
-            "CPU time in the session that trained it allowed no more")
+def deviations(epochs: int, config: dict) -> list[str]:
+    """How a run of `epochs` epochs with training `config` departs from the paper's appendix B.1
+    (facts only; the card's `note` says why)."""
+    adversarial = bool(config.get("adversarial"))
+    paper = {**PAPER_SETTINGS, "lr": 1e-4 if adversarial else 1e-3}
+    paper_epochs = PAPER_EPOCHS_ADVERSARIAL if adversarial else PAPER_EPOCHS
+    found = []
+    if config.get("init_from"):
+        found.append(f"fine-tuned from {config['init_from']} instead of trained from scratch")
+    if epochs != paper_epochs:
+        found.append(f"{epochs} epochs instead of the paper's {paper_epochs}")
+    if config.get("train_subset"):
+        everything = _train_images({**config, "train_subset": None})
+        found.append(f"the first {config['train_subset']} shuffled training images instead of all {everything}")
+    for key, paper_value in paper.items():
+        if config.get(key, paper_value) != paper_value:
+            found.append(f"{key} {config[key]} instead of the paper's {paper_value}")
+    return found
 
 
 def _adversarial_card(config: dict, last_epoch: dict) -> dict:
