@@ -809,7 +809,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before the runs (default 1)")
     parser.add_argument("--batch", type=int, help="batch size (default 128)")
     parser.add_argument("--iterations", type=int, nargs="+", help="feedback iterations N to measure (default 0 1 2 5)")
-    parser.add_argument("--models", nargs="+", choices=cnnf.list_models(), default=cnnf.list_models())
+    parser.add_argument("--models", nargs="+", choices=["conv4_mnist", "paper_mnist", "vgg16"],
+                        default=["conv4_mnist", "paper_mnist"],
+                        help="default: the two 28 x 28 networks (the MAC counts read no residual blocks: "
+                             "time wrn40_2_cifar with benchmarks/throughput.py)")
     parser.add_argument("--matmul-size", type=int, help="size of the square matmul ceiling (default 2048)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder (default benchmarks/results)")
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 8, 1 repeat, N in {0, 1}, matmul 512")

@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import cnnf
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from throughput import PAPER_EPOCHS, TRAIN_IMAGES, markdown, measure  # noqa: E402
+from throughput import BUDGET_IMAGES, PAPER_EPOCHS, TRAIN_IMAGES, markdown, measure  # noqa: E402
 
 
 def test_a_row_measures_both_steps_and_estimates_the_paper_budget():
@@ -17,3 +19,7 @@ def test_a_row_measures_both_steps_and_estimates_the_paper_budget():
     report = {"device_name": "test CPU", "device": "cpu", "batch": 2, "date": "now", "torch": torch.__version__,
               "backend": "fast", "steps": 1, "rows": [row]}
     assert "| paper_mnist | 1 |" in markdown(report)
+
+
+def test_every_registered_model_has_a_full_run_budget():
+    assert set(BUDGET_IMAGES) == set(cnnf.list_models())

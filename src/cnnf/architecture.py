@@ -9,9 +9,12 @@ network (appendix B.1):
                 ["flatten", "linear 128", "bias", "relu"],
                 ["linear 10", "bias"]]}
 
-Tokens: `conv OUT KERNEL [PADDING]`, `linear OUT`, `norm`, `bias`, `relu` (AdaReLU),
-`pool SIZE` (AdaPool), `flatten`. Block boundaries are the layer indices a CNN-F can
-reconstruct to: layer k = the output of block k, layer 0 = the pixels.
+Tokens: `conv OUT KERNEL [PADDING [STRIDE]]`, `linear OUT`, `norm`, `bias`, `relu` (AdaReLU),
+`pool SIZE` (AdaPool), `avgpool` (global average pooling to flat features), `flatten`, and a
+residual block as a mapping {"residual": [tokens of the branch F], "shortcut": [tokens of S]}
+(out = F(f) + S(f); no "shortcut" key, or an empty list, is the identity). Block boundaries
+are the layer indices a CNN-F can reconstruct to: layer k = the output of block k, layer 0 =
+the pixels.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from cnnf import layers
 
 Shape = tuple[int, ...]
 
-TOKENS = ("conv", "linear", "norm", "bias", "relu", "pool", "flatten")
+TOKENS = ("conv", "linear", "norm", "bias", "relu", "pool", "avgpool", "flatten")
+RESIDUAL_KEYS = ("residual", "shortcut")
 
 
 class ArchitectureError(ValueError):
@@ -45,7 +49,7 @@ def build(spec: dict, relu_mixing: float = 0.0) -> tuple[list[layers.FeedbackLay
             try:
                 layer, out_shape = _layer(token, shape, relu_mixing)
             except (ValueError, IndexError) as error:
-                raise ArchitectureError(f"block {b}, layer {token!r}: {error}") from None
+                raise ArchitectureError(f"block {b}, layer {describe(token)!r}: {error}") from None
             built.append(layer)
             shapes.append(shape)
             shape = out_shape
@@ -56,7 +60,9 @@ def build(spec: dict, relu_mixing: float = 0.0) -> tuple[list[layers.FeedbackLay
     return built, block_ends, shapes
 
 
-def _layer(token: str, shape: Shape, relu_mixing: float) -> tuple[layers.FeedbackLayer, Shape]:
+def _layer(token: str | dict, shape: Shape, relu_mixing: float) -> tuple[layers.FeedbackLayer, Shape]:
+    if isinstance(token, dict):
+        return _residual(token, shape, relu_mixing)
     name, *args = token.split()
     numbers = [int(a) for a in args]
     if name not in TOKENS:
@@ -71,10 +77,11 @@ def _layer(token: str, shape: Shape, relu_mixing: float) -> tuple[layers.Feedbac
     _need(shape, 3, name)
     c, h, w = shape
     if name == "conv":
-        out, k, pad = numbers[0], numbers[1], (numbers[2] if len(numbers) > 2 else 0)
-        return layers.Conv2d(c, out, k, pad), (out, h + 2 * pad - k + 1, w + 2 * pad - k + 1)
+        return _conv(numbers, shape)
     if name == "norm":
         return layers.InstanceNorm(), shape
+    if name == "avgpool":
+        return layers.GlobalAvgPool((h, w)), (c,)
     if name == "pool":
         r = numbers[0]
         if h % r or w % r:
@@ -83,12 +90,61 @@ def _layer(token: str, shape: Shape, relu_mixing: float) -> tuple[layers.Feedbac
     return layers.Flatten(shape), (c * h * w,)
 
 
+def _conv(numbers: list[int], shape: Shape) -> tuple[layers.Conv2d, Shape]:
+    """`conv OUT K [PAD [STRIDE]]` on (C, H, W) inputs; a strided one gets the output padding
+    that makes its feedback return the input's size (see `layers.Conv2d`)."""
+    out, k = numbers[0], numbers[1]
+    pad = numbers[2] if len(numbers) > 2 else 0
+    stride = numbers[3] if len(numbers) > 3 else 1
+    c, h, w = shape
+    if stride < 1 or h + 2 * pad < k or w + 2 * pad < k:
+        raise ValueError(f"kernel {k} with padding {pad} and stride {stride} does not fit the feature map {h}x{w}")
+    out_h, out_w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    padding_h, padding_w = h + 2 * pad - k - (out_h - 1) * stride, w + 2 * pad - k - (out_w - 1) * stride
+    if padding_h != padding_w:
+        raise ValueError(f"stride {stride} leaves {padding_h} rows but {padding_w} columns over on the map {h}x{w}; use a square map")
+    return layers.Conv2d(c, out, k, pad, stride, padding_h), (out, out_h, out_w)
+
+
+def _residual(token: dict, shape: Shape, relu_mixing: float) -> tuple[layers.Residual, Shape]:
+    """{"residual": [branch tokens], "shortcut": [shortcut tokens]} -> Residual, output shape."""
+    unknown = sorted(set(token) - set(RESIDUAL_KEYS))
+    if unknown or "residual" not in token:
+        raise ValueError(f"a residual block is a mapping with the keys {RESIDUAL_KEYS} ('shortcut' optional), got keys {sorted(token)}")
+    branch, branch_shape = _sequence(token["residual"], shape, relu_mixing)
+    shortcut, shortcut_shape = _sequence(token.get("shortcut", []), shape, relu_mixing)
+    if branch_shape != shortcut_shape:
+        raise ValueError(f"the branch gives per-sample shape {branch_shape} but the shortcut {shortcut_shape}; "
+                         "give the shortcut a convolution to the branch's channels and stride")
+    return layers.Residual(branch, shortcut), branch_shape
+
+
+def _sequence(tokens: Sequence[str | dict], shape: Shape, relu_mixing: float) -> tuple[list[layers.FeedbackLayer], Shape]:
+    built = []
+    for token in tokens:
+        layer, shape = _layer(token, shape, relu_mixing)
+        built.append(layer)
+    return built, shape
+
+
 def _need(shape: Shape, rank: int, name: str) -> None:
     if len(shape) != rank:
         kind = "(C, H, W) feature maps" if rank == 3 else "flat features (add 'flatten' first)"
         raise ValueError(f"{name!r} needs {kind}, got per-sample shape {shape}")
 
 
-def without_norm(blocks: Sequence[Sequence[str]]) -> list[list[str]]:
-    """The same blocks with every instance-normalisation layer removed."""
-    return [[t for t in block if t != "norm"] for block in blocks]
+def without_norm(blocks: Sequence[Sequence[str | dict]]) -> list[list[str | dict]]:
+    """The same blocks with every instance-normalisation layer removed (inside residual blocks too)."""
+    return [_drop_norm(block) for block in blocks]
+
+
+def _drop_norm(tokens: Sequence[str | dict]) -> list[str | dict]:
+    return [{key: _drop_norm(inner) for key, inner in t.items()} if isinstance(t, dict) else t
+            for t in tokens if t != "norm"]
+
+
+def describe(token: str | dict) -> str:
+    """A token as one line of text: a residual block as `residual[...] + shortcut[...]`."""
+    if not isinstance(token, dict):
+        return str(token)
+    return " + ".join(f"{key}[{', '.join(map(describe, token.get(key, [])))}]" for key in RESIDUAL_KEYS)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from cnnf.architecture import describe
 from cnnf.model import CNNF
 
 FORMAT = 1
@@ -113,4 +114,4 @@ def load_pretrained(name: str, **overrides) -> CNNF:
 
 
 def _describe(spec: dict) -> str:
-    return " | ".join(" ".join(block) for block in spec["blocks"])
+    return " | ".join(" ".join(map(describe, block)) for block in spec["blocks"])

@@ -7,8 +7,9 @@ the loss scale does not grow with N):
     cll   conditional latent likelihood: cross entropy of the class energies
           eta(c, z_t) = sum_l <b(l), z_t(l) * g_c(l)>, g_c generated from the one-hot of
           class c (our reading of the paper's log Softmax(eta)), t = 0..N-1      (alpha_cll)
-    norm  norm matching sum_l | ||f(l)|| - ||g(l)|| | over bias layers above k (f: the bias
-          output, g: the feedback signal arriving there), mean over samples     (alpha_norm)
+    norm  norm matching sum_l | ||f(l)|| - ||g(l)|| | over bias layers above k (those inside
+          residual blocks included; f: the bias output, g: the feedback signal arriving
+          there), mean over samples                                             (alpha_norm)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cnnf import backend, fast
-from cnnf.layers import Bias
+from cnnf.layers import Bias, leaves
 from cnnf.model import CNNF, Inference, Latents
 
 
@@ -67,18 +68,33 @@ def cnnf_loss(
 
 def class_energies(model: CNNF, latents: Latents) -> Tensor:
     """eta(c, z) for every class c, (B, classes): feedback from each one-hot with the same z."""
-    batch = next(z for z in latents if z is not None).shape[0]
+    batch = next(_tensors(latents)).shape[0]
     k = model.num_classes
     weight = model.layers[0].weight
     one_hots = torch.eye(k, dtype=weight.dtype, device=weight.device).repeat(batch, 1)
-    repeated = tuple(None if z is None else z.repeat_interleave(k, 0) for z in latents)
-    return model.eta(model.feedback(one_hots, repeated)).view(batch, k)
+    return model.eta(model.feedback(one_hots, _repeat_samples(latents, k))).view(batch, k)
+
+
+def _tensors(latents):
+    """The latent tensors, residual blocks' inner ones included."""
+    for z in latents:
+        if isinstance(z, tuple):
+            yield from _tensors(z)
+        elif z is not None:
+            yield z
+
+
+def _repeat_samples(latents, k: int):
+    """Every latent tensor with each sample repeated k times (through residual blocks' tuples)."""
+    if isinstance(latents, tuple):
+        return tuple(_repeat_samples(z, k) for z in latents)
+    return None if latents is None else latents.repeat_interleave(k, 0)
 
 
 def _norm_gap(model: CNNF, activations: tuple, signals: tuple) -> Tensor:
     gaps = [
         (f.flatten(1).norm(dim=1) - g.flatten(1).norm(dim=1)).abs().mean()
-        for layer, f, g in zip(model.layers, activations, signals)
+        for layer, f, g in leaves(model.layers, activations, signals)
         if isinstance(layer, Bias) and f is not None and g is not None
     ]
     return torch.stack(gaps).sum()

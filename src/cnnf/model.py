@@ -18,6 +18,7 @@ with its attention.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -25,15 +26,17 @@ from torch import Tensor, nn
 
 from cnnf import architecture, backend, fast, scoring
 from cnnf.inputs import check_features, check_feedback_inputs, check_images, check_model_settings, check_shape
-from cnnf.layers import Bias
+from cnnf.layers import Bias, Branches, feedback_pass, forward_pass, leaves
 
-Latents = tuple[Tensor | None, ...]
-"""One entry per layer: the ReLU mask (bool) or pooling choice (flat index), None elsewhere."""
+Latents = tuple[Tensor | tuple | None, ...]
+"""One entry per layer: the ReLU mask (bool) or pooling choice (flat index), None elsewhere; a
+residual block's is (its branch's latents, its shortcut's latents)."""
 
-Signals = tuple[Tensor | None, ...]
+Signals = tuple[Tensor | Branches | None, ...]
 """One entry per layer: the feedback signal arriving at that layer's output (before its mask),
-None below the layer the feedback stopped at. The signals at AdaReLU / AdaPool layers are the
-drives of the next feedforward pass."""
+None below the layer the feedback stopped at; at a residual block, `Branches` with the signals
+of its inner layers. The signals at AdaReLU / AdaPool layers and residual blocks are the drives
+of the next feedforward pass."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ class CNNF(nn.Module):
         scoring.check_output(output)
         built, self.block_ends, self.shapes = architecture.build(spec, relu_mixing)
         self.layers = nn.ModuleList(built)
-        self.spec = {"input_shape": list(spec["input_shape"]), "blocks": [list(b) for b in spec["blocks"]]}
+        self.spec = {"input_shape": list(spec["input_shape"]), "blocks": copy.deepcopy([list(b) for b in spec["blocks"]])}
         if not isinstance(reconstruct_to, int) or not 0 <= reconstruct_to < len(self.block_ends) - 1:
             raise ValueError(f"reconstruct_to must be a block index in 0..{len(self.block_ends) - 2}, got {reconstruct_to!r}")
         self.iterations = iterations
@@ -155,11 +158,12 @@ class CNNF(nn.Module):
         return self.feedback(logits, latents, to_layer).features
 
     def eta(self, feedback: Feedback) -> Tensor:
-        """eta(u, z) = sum over bias layers of <b, signal at that layer> (eq. 13, Lemma A.1), (B,)."""
+        """eta(u, z) = sum over bias layers (inside residual blocks too) of <b, signal at that
+        layer> (eq. 13, Lemma A.1), (B,)."""
         if feedback.signals is None:
             raise ValueError("eta needs the feedback signals; use model.feedback or infer(..., keep_activations=True)")
         total = torch.zeros((), dtype=feedback.features.dtype, device=feedback.features.device)
-        for layer, signal in zip(self.layers, feedback.signals):
+        for layer, signal in leaves(self.layers, feedback.signals):
             if isinstance(layer, Bias) and signal is not None:
                 total = total + (signal * layer.broadcast()).flatten(1).sum(1)
         return total
@@ -208,12 +212,9 @@ class CNNF(nn.Module):
         `drive`. Returns (their output, latents, every layer's output if keep, else None)."""
         if use_fast:
             return fast.feedforward(self.layers, h, start, stop, drive, keep)
-        latents: list[Tensor | None] = [None] * len(self.layers)
-        outputs: list[Tensor | None] = [None] * len(self.layers)
-        for i in range(start, stop):
-            h, latents[i] = self.layers[i](h, None if drive is None else drive[i])
-            outputs[i] = h if keep else None
-        return h, tuple(latents), (tuple(outputs) if keep else None)
+        h, latents, outputs = forward_pass(self.layers[start:stop], h, None if drive is None else drive[start:stop], keep)
+        below, above = (None,) * start, (None,) * (len(self.layers) - stop)
+        return h, below + latents + above, (below + outputs + above if keep else None)
 
     def _down(self, g: Tensor, latents: Latents, stop: int, drives_only: bool, use_fast: bool) -> tuple[Tensor, Signals]:
         """The feedback pathway from the logits-space g down to layer `stop`. Returns (g there,
@@ -222,11 +223,8 @@ class CNNF(nn.Module):
         check_feedback_inputs(g, latents, self.layers, stop, self.num_classes)
         if use_fast:
             return fast.feedback(self.layers, g, latents, stop, drives_only)
-        signals: list[Tensor | None] = [None] * len(self.layers)
-        for i in reversed(range(stop, len(self.layers))):
-            signals[i] = g
-            g = self.layers[i].feedback(g, latents[i])
-        return g, tuple(signals)
+        g, signals = feedback_pass(self.layers[stop:], g, latents[stop:])
+        return g, (None,) * stop + signals
 
     def _position(self, layer: int | None) -> int:
         k = self.reconstruct_to if layer is None else layer

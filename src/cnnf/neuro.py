@@ -26,6 +26,7 @@ from torch import Tensor
 
 from cnnf.data import to_model_range
 from cnnf.device import device_of
+from cnnf.layers import tensor_of
 from cnnf.model import CNNF
 
 TEST_SIZE = 0.1
@@ -226,7 +227,7 @@ def model_features(model: CNNF, stimuli: Tensor, layers: Sequence[str] | None = 
             run = model.infer(batch.to(device_of(model)), iterations=iterations, keep_activations=True)
             for t, outputs in enumerate(run.activations):
                 for name in names:
-                    parts.setdefault((name, t), []).append(outputs[index[name]].flatten(1).double().cpu().numpy())
+                    parts.setdefault((name, t), []).append(tensor_of(outputs[index[name]]).flatten(1).double().cpu().numpy())
     return {key: np.concatenate(chunks) for key, chunks in parts.items()}
 
 

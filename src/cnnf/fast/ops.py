@@ -21,7 +21,7 @@ from cnnf.fast import kernels
 def forward(layer: layers.FeedbackLayer, f: Tensor, drive: Tensor | kernels.PooledDrive | None):
     """(out, latent): what `layer(f, drive)` returns, computed the fast way."""
     if isinstance(layer, layers.Conv2d):
-        return channels_last(F.conv2d(channels_last(f), layer.weight, padding=layer.padding)), None
+        return channels_last(F.conv2d(channels_last(f), layer.weight, stride=layer.stride, padding=layer.padding)), None
     if isinstance(layer, layers.InstanceNorm):
         return normalise(f, layer.eps), None
     if isinstance(layer, layers.AdaPool):
@@ -35,9 +35,10 @@ def forward(layer: layers.FeedbackLayer, f: Tensor, drive: Tensor | kernels.Pool
 def feedback(layer: layers.FeedbackLayer, g: Tensor, latent: Tensor | None) -> Tensor:
     """What `layer.feedback(g, latent)` returns, computed the fast way."""
     if isinstance(layer, layers.Conv2d):
-        if layer.weight.shape[1] == 1 and g.device.type == "cpu":  # down to one channel, e.g. the pixels
+        if layer.weight.shape[1] == 1 and layer.stride == 1 and g.device.type == "cpu":  # to one channel, e.g. the pixels
             return _ConvTransposeToOneChannel.apply(g, layer.weight, layer.padding)
-        return channels_last(F.conv_transpose2d(g, layer.weight, padding=layer.padding))
+        return channels_last(F.conv_transpose2d(g, layer.weight, stride=layer.stride, padding=layer.padding,
+                                                output_padding=layer.output_padding))
     if isinstance(layer, layers.InstanceNorm):
         return normalise(g, layer.eps)
     if isinstance(layer, layers.AdaPool):

@@ -6,6 +6,9 @@ With `drives_only`, a feedback pass keeps only the signals the next feedforward 
 AdaReLU and AdaPool layers; None elsewhere), and the kernels never write the others. The drive
 of an AdaReLU that an AdaPool follows is then a `kernels.PooledDrive`: the pooled map and the
 pool's index, never unpooled.
+
+A residual block runs its branch and its shortcut through these same two passes (so the
+kernels fuse the runs inside its branch) and adds their results, as `layers.Residual` does.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from cnnf.fast import kernels, ops
-from cnnf.layers import AdaPool, AdaReLU, Bias, FeedbackLayer, InstanceNorm
+from cnnf.layers import AdaPool, AdaReLU, Bias, Branches, FeedbackLayer, InstanceNorm, Residual
 
 Signals = tuple[Tensor | kernels.PooledDrive | None, ...]
 
@@ -55,8 +58,12 @@ def feedforward(layers: nn.ModuleList, h: Tensor, start: int, stop: int, drive: 
                 h, latents[i:end] = run_norm_segment(plan.layers[i:end], h, drives)
                 i = end
                 continue
-        h, latents[i] = ops.forward(plan.layers[i], h, None if drive is None else drive[i])
-        outputs[i] = h if keep else None
+        layer, layer_drive = plan.layers[i], None if drive is None else drive[i]
+        if isinstance(layer, Residual):
+            h, latents[i], outputs[i] = residual_forward(layer, h, layer_drive, keep)
+        else:
+            h, latents[i] = ops.forward(layer, h, layer_drive)
+            outputs[i] = h if keep else None
         i += 1
     return h, tuple(latents), (tuple(outputs) if keep else None)
 
@@ -75,11 +82,33 @@ def feedback(layers: nn.ModuleList, g: Tensor, latents: Sequence[Tensor | None],
                 signals[run], g = run_feedback_segment(plan.layers[run], g, latents[run], drives_only)
                 i = norm - 1
                 continue
-        if plan.layers[i].adaptive or not drives_only:
-            signals[i] = g
-        g = ops.feedback(plan.layers[i], g, latents[i])
+        layer = plan.layers[i]
+        if isinstance(layer, Residual):
+            g, signals[i] = residual_feedback(layer, g, latents[i], drives_only)
+        else:
+            if layer.adaptive or not drives_only:
+                signals[i] = g
+            g = ops.feedback(layer, g, latents[i])
         i -= 1
     return g, tuple(signals)
+
+
+def residual_forward(block: Residual, h: Tensor, drive: Branches | None,
+                     keep: bool) -> tuple[Tensor, tuple, Branches | None]:
+    """out = F(h) + S(h), each path by `feedforward`. Returns (out, latent, output if keep)."""
+    branch_drive, shortcut_drive = (None, None) if drive is None else (drive.branch, drive.shortcut)
+    fx, branch_latents, branch_outputs = feedforward(block.branch, h, 0, len(block.branch), branch_drive, keep)
+    sx, shortcut_latents, shortcut_outputs = feedforward(block.shortcut, h, 0, len(block.shortcut), shortcut_drive, keep)
+    out = fx + sx
+    return out, (branch_latents, shortcut_latents), (Branches(out, branch_outputs, shortcut_outputs) if keep else None)
+
+
+def residual_feedback(block: Residual, g: Tensor, latent: tuple, drives_only: bool) -> tuple[Tensor, Branches]:
+    """F^T(g) + S^T(g), each path by `feedback`, and the signals of the inner layers."""
+    branch_latents, shortcut_latents = latent
+    branch_g, branch_signals = feedback(block.branch, g, branch_latents, 0, drives_only)
+    shortcut_g, shortcut_signals = feedback(block.shortcut, g, shortcut_latents, 0, drives_only)
+    return branch_g + shortcut_g, Branches(g, branch_signals, shortcut_signals)
 
 
 def norm_segments(layers: Sequence[nn.Module]) -> dict[int, int]:
