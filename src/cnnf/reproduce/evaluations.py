@@ -120,9 +120,9 @@ def evaluate(folder: Path, unit: EvalUnit, profile: Profile, device: str | None,
         return path
     report(f"evaluating {folder.name}: {unit.filename}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = checkpoint.load_model(folder / "model.pt").to(resolve_device(device or "auto"))
-    config = checkpoint.read(folder / "model.pt")["config"]
-    images = _test_images(config, unit.subset)
+    state = checkpoint.read(folder / "model.pt")
+    model = checkpoint.model_from_state(state, folder / "model.pt").to(resolve_device(device or "auto"))
+    images = _test_images(state["config"], unit.subset)
     start = time.perf_counter()
     if unit.kind == "corruptions":
         plain = dataclasses.asdict(CorruptionResult(meta={}, accuracy=corruption_accuracy(model, images)))
