@@ -1,4 +1,5 @@
-"""The `cnnf` command: train, test, evaluate, plot, export, list models, neural predictivity.
+"""The `cnnf` command: train, test, evaluate, plot, export, list models, neural predictivity,
+reproduce the paper's figures.
 Bad input exits with code 2 and one line.
 
 Every argument is checked while the command line is parsed (argparse `type=` converters that
@@ -29,6 +30,9 @@ from cnnf.evaluate import Sweep, format_table, run_sweep
 from cnnf.fast.allocator import keep_freed_memory
 from cnnf.model_card import export_pretrained
 from cnnf.plot import plot_results
+from cnnf.reproduce.command import figures_named, run_reproduce
+from cnnf.reproduce.experiments import EXPERIMENTS
+from cnnf.reproduce.profiles import PROFILES
 from cnnf.scoring import OUTPUTS
 from cnnf.train import RunFolderError, train
 from cnnf.zoo import list_models
@@ -142,6 +146,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_new_file, required=True, help="results JSON")
     _add_device(p, "default: auto")
     p.set_defaults(handler=_neural_predictivity)
+
+    p = commands.add_parser("reproduce", help="train, evaluate and draw a figure of the paper (docs/RESULTS.md)")
+    p.add_argument("figure", type=_from_library(figures_named), metavar="FIGURE",
+                   help=f"{', '.join(EXPERIMENTS)} or all")
+    p.add_argument("--profile", choices=PROFILES, default="cpu", help="budget: quick (minutes), cpu (hours), paper")
+    p.add_argument("--seeds", type=_count(1), help="training seeds 0..N-1 (default: the profile's)")
+    p.add_argument("--out", type=Path, help="output folder (default: results/reproduce/PROFILE)")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--plot-only", action="store_true", help="redraw the figure from its JSON record")
+    shown.add_argument("--table", action="store_true", help="print the figure's markdown tables from its JSON record")
+    _add_device(p, "default: auto")
+    p.set_defaults(handler=run_reproduce)
 
     p = commands.add_parser("list-models", help="registered architectures and shipped pretrained weights")
     p.set_defaults(handler=_list_models)
