@@ -151,6 +151,12 @@ def test_decision_cells_plane_and_arrows(model, test_images):
     record = compute_cells(model, test_images, "fashion-mnist", 3, neighbours=5, grid=4, iterations=1)
     assert record.arrays["before"].shape == (4, 4) and record.arrays["moves"].shape == (4, 4, 2)
     assert record.arrays["neighbours"].shape == (5, 2) and 0 <= record.meta["toward_image"] <= 1
+    label = int(test_images.labels[3])
+    assert record.meta["own_class"] == [(record.arrays[key] == label).mean() for key in ("before", "after")]
+    with torch.no_grad():  # the centre of an odd grid is the image itself
+        centre = compute_cells(model, test_images, "fashion-mnist", 3, neighbours=5, grid=3, iterations=1)
+        x, _ = next(test_images.subset(torch.tensor([3])).batches(1))
+        assert centre.arrays["before"][1, 1] == model.infer(x, iterations=0).logits[0].argmax().item()
 
 
 # The command line on the shipped CNN-F-5
@@ -181,7 +187,7 @@ def test_viz_commands_write_figures_and_records(tmp_path, data_dir, capsys):
     gradcam = Record.load(tmp_path / "g.npz", "gradcam")
     assert gradcam.arrays["pgd.cams"].shape == (1, 3, 28, 28)
     assert sum(gradcam.meta["flips"]["pgd"].values()) <= 6
-    _run(["viz", "plot", str(tmp_path / "g.npz"), "--out", str(tmp_path / "again.png")])
+    _run(["viz", "plot", str(tmp_path / "c.npz"), "--out", str(tmp_path / "again.png")])
     assert (tmp_path / "again.png").stat().st_size > 5000
 
 

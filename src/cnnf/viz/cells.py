@@ -54,7 +54,9 @@ def compute_cells(model: CNNF, images: ImageSet, dataset: str, index: int, neigh
                   grid: int = 25, extent: float = 2.0, iterations: int | None = None, batch_size: int = 500) -> Record:
     """The record of figure 9a around test image `index`: on a grid x grid plane of images, the
     class after 0 and after N iterations (model's output mode), and the projected move of one
-    feedback iteration at every point."""
+    feedback iteration at every point. Summary numbers in meta: `toward_image` (the fraction of
+    moves that point toward the image) and `own_class` (the fraction of the plane given the
+    image's label after 0 and after N iterations)."""
     check_pixel_feedback(model, "decision-cell")
     check_count(neighbours, "neighbours", minimum=2)
     check_count(grid, "grid", minimum=2)
@@ -87,7 +89,8 @@ def compute_cells(model: CNNF, images: ImageSet, dataset: str, index: int, neigh
             "output": model.output, "index": index, "label": int(y0[0]), "neighbours": len(near), "grid": grid,
             "extent": extent, "spread": spread.tolist(), "clipped_fraction": (plane.abs() > 1).float().mean().item(),
             "mean_move": float(np.linalg.norm(arrays["moves"], axis=-1).mean()),
-            "toward_image": toward_origin(arrays["moves"], axis)}
+            "toward_image": toward_origin(arrays["moves"], axis),
+            "own_class": [float((arrays[key] == int(y0[0])).mean()) for key in ("before", "after")]}
     return Record(KIND, meta, arrays)
 
 

@@ -144,8 +144,10 @@ def _cells(args: argparse.Namespace) -> int:
     model, images, dataset = _model_and_images(args)
     record = compute_cells(model, images, dataset, args.image, args.neighbours, args.grid, args.extent, args.iterations)
     _draw(record, args)
-    print(f"{100 * record.meta['toward_image']:.1f} % of the feedback moves point toward the image; "
-          f"mean move {record.meta['mean_move']:.3f} (pixel L2, [-1, 1] units)")
+    meta = record.meta
+    print(f"{100 * meta['toward_image']:.1f} % of the feedback moves point toward the image; "
+          f"mean move {meta['mean_move']:.3f} (pixel L2, [-1, 1] units); the image's class covers "
+          f"{100 * meta['own_class'][0]:.1f} % of the plane after 0 iterations, {100 * meta['own_class'][1]:.1f} % after N")
     print(f"wrote {args.out} (record {args.out.with_suffix('.npz')})")
     return 0
 

@@ -152,7 +152,8 @@ def plot_gradcam(record_path: Path, out: Path) -> Path:
         raise ValueError(f"{record_path} shows no images; make it again with --show 1 or more")
     plt = pyplot()
     cols = n + 2
-    fig = plt.figure(figsize=(1.05 * cols + 0.9, 1.2 * len(rows) + 3.0))
+    width = max(1.05 * cols + 0.9, 6.5)  # room for the legend when N is small
+    fig = plt.figure(figsize=(width, 1.2 * len(rows) + 3.0))
     grid = fig.add_gridspec(len(rows) + 1, cols, height_ratios=[1] * len(rows) + [1.9], hspace=0.45, wspace=0.08,
                             left=0.13, right=0.98, top=1 - 0.25 / (1.2 * len(rows) + 3), bottom=1.0 / (1.2 * len(rows) + 3))
     for r, (kind, i) in enumerate(rows):
@@ -184,5 +185,5 @@ def plot_gradcam(record_path: Path, out: Path) -> Path:
     ax.set_ylim(0, 100)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2 if width > 7.5 else 1, frameon=False)
     return save_figure(fig, out)

@@ -133,8 +133,10 @@ def _model_section(entry: Entry, out_dir: Path, corruptions: Corruptions, sizes:
                      "cells.png")
     parts.append("<h3>Decision cells (figure 9a)</h3>" + _image(f"{name}/cells.png")
                  + f"<p>{100 * meta['toward_image']:.0f} % of the feedback arrows point toward the image; mean arrow "
-                   f"length {meta['mean_move']:.2f} (pixel L2, [-1, 1] units); {100 * meta['clipped_fraction']:.0f} % "
-                   "of the plane's pixels were clipped to [-1, 1].</p>")
+                   f"length {meta['mean_move']:.2f} (pixel L2, [-1, 1] units). The image's class covers "
+                   f"{100 * meta['own_class'][0]:.0f} % of the plane after 0 iterations and {100 * meta['own_class'][1]:.0f} % "
+                   f"after {meta['iterations']}. {100 * meta['clipped_fraction']:.0f} % of the plane's pixels were clipped "
+                   "to [-1, 1].</p>")
     return "\n".join(parts)
 
 
