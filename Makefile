@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 MNIST := $(HOME)/.cache/cnnf/mnist/mnist.pkl.gz
 
-.PHONY: setup quickstart test test-all
+.PHONY: setup quickstart test test-all figures
 
 setup: $(STAMP) $(FASHION) $(MNIST)
 
@@ -43,3 +43,6 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -m ''
+
+figures: setup  # figure 9 for the shipped CNN-F-5 in docs/figures (docs/VIZ.md)
+	PYTHON=$(BIN)/python docs/figures/make_figures.sh

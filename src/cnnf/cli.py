@@ -1,5 +1,5 @@
 """The `cnnf` command: train, test, evaluate, plot, export, list models, neural predictivity,
-reproduce the paper's figures.
+reproduce the paper's figures, viz and report (`cnnf.viz.commands`).
 Bad input exits with code 2 and one line.
 
 Every argument is checked while the command line is parsed (argparse `type=` converters that
@@ -161,6 +161,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("list-models", help="registered architectures and shipped pretrained weights")
     p.set_defaults(handler=_list_models)
+
+    from cnnf.viz.commands import add_commands  # cnnf.viz.commands reuses this module's converters
+
+    add_commands(commands)
     return parser
 
 
@@ -193,10 +197,14 @@ def _train(args: argparse.Namespace) -> int:
 
 def load_model_source(args: argparse.Namespace):
     """(model on --device, saved training config) from a run folder or a pretrained name."""
-    device = resolve_device(args.device or "auto")
     path = checkpoint.pretrained_path(args.pretrained) if args.pretrained else checkpoint.source_path(args.run_dir)
+    return load_model_file(path, args.device)
+
+
+def load_model_file(path: Path, device: str | None):
+    """(model on `device` (default auto), saved training config) from a checkpoint file."""
     state = checkpoint.read(path)
-    return checkpoint.model_from_state(state, path).to(device), state.get("config", {})
+    return checkpoint.model_from_state(state, path).to(resolve_device(device or "auto")), state.get("config", {})
 
 
 def _data_source(args: argparse.Namespace, config: dict) -> tuple[str, Path | str | None]:
