@@ -93,15 +93,22 @@ def _impulse_noise(u: torch.Tensor, c: float, generator: torch.Generator) -> tor
     return torch.where(hit, salt.to(u.dtype), u)
 
 
-def _gaussian_blur(u: torch.Tensor, c: float, generator: torch.Generator) -> torch.Tensor:
-    radius = math.ceil(4 * c)
-    offsets = torch.arange(-radius, radius + 1, dtype=u.dtype)
-    kernel = torch.exp(-offsets.square() / (2 * c * c))
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur each channel of x (B, C, H, W) with a normalised Gaussian kernel of std `sigma`
+    pixels, radius ceil(4 sigma), repeating the edge pixels. It commutes with x -> a x + b, so
+    it blurs images in [0, 1] and in [-1, 1] alike."""
+    radius = math.ceil(4 * sigma)
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-offsets.square() / (2 * sigma * sigma))
     kernel = kernel / kernel.sum()
-    channels = u.shape[1]
-    padded = F.pad(u, (radius, radius, radius, radius), mode="replicate")
-    rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
-    return F.conv2d(rows, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+    channels = x.shape[1]
+    padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+def _gaussian_blur(u: torch.Tensor, c: float, generator: torch.Generator) -> torch.Tensor:
+    return gaussian_blur(u, c)
 
 
 def _contrast(u: torch.Tensor, c: float, generator: torch.Generator) -> torch.Tensor:

@@ -4,15 +4,14 @@ they are. Noise and eps are given in [0, 1] image units, as everywhere in cnnf."
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from cnnf.attacks import gradient_source, pgd
 from cnnf.attacks.threat import PIXEL_MAX, PIXEL_MIN, check_eps, check_positive
+from cnnf.corruptions import gaussian_blur
 from cnnf.inputs import check_count
 from cnnf.model import CNNF
 
@@ -73,16 +72,3 @@ class Corruptions:
                 "blur": f"Gaussian blur, sigma {self.blur_sigma:g} px",
                 "noise": f"Gaussian noise, std {self.noise_std:g}",
                 "pgd": f"PGD-{self.pgd_steps}, eps {self.eps:g} ({self.target})"}[kind]
-
-
-def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Blur each channel of x (B, C, H, W) with a normalised Gaussian kernel of std `sigma`
-    pixels, size 2 ceil(3 sigma) + 1, replicating the border pixels."""
-    radius = math.ceil(3 * sigma)
-    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-offsets.square() / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    channels = x.shape[1]
-    padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
