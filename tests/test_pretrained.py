@@ -13,7 +13,7 @@ from cnnf.data import DataError, load_dataset
 
 REQUIRED = ("cnn_fmnist", "cnnf5_fmnist",
             "adv_fgsm_cnn_fmnist", "adv_fgsm_cnnf5_fmnist", "adv_pgd40_cnn_fmnist", "adv_pgd40_cnnf5_fmnist")
-CARD_KEYS = {"architecture", "settings", "data", "epochs", "epochs_note", "validation_accuracy", "test_accuracy", "command"}
+CARD_KEYS = {"architecture", "settings", "data", "epochs", "deviations", "validation_accuracy", "test_accuracy", "command"}
 
 
 @pytest.mark.parametrize("name", REQUIRED)
