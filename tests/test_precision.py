@@ -16,7 +16,7 @@ from cnnf.cli import main
 from cnnf.losses import LossWeights
 from cnnf.precision import autocast
 from cnnf.steps import make_step
-from cnnf.train import saved_config
+from cnnf.train import adam, saved_config
 from synthetic import make_fashion_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,7 +28,7 @@ def test_a_bf16_training_step_changes_the_float32_parameters(model_name: str):
     model = cnnf.create_model(model_name, iterations=1)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     x, y = torch.rand(4, 1, 28, 28) * 2 - 1, torch.randint(0, 10, (4,))
-    result = make_step(model, cnnf.train.adam(model.parameters(), 1e-3, 5e-4), LossWeights(), None, "bf16")(x, y)
+    result = make_step(model, adam(model.parameters(), 1e-3, 5e-4), LossWeights(), None, "bf16")(x, y)
     assert all(torch.isfinite(torch.tensor(value)) for value in result.terms.values())
     for name, p in model.named_parameters():
         assert p.dtype == torch.float32 and p.grad.dtype == torch.float32
@@ -53,6 +53,24 @@ def test_bf16_logits_are_near_the_fp32_logits(backend: str):
     assert difference.mean() <= 0.06 * fp32.std()
     assert (bf16.argmax(-1) == fp32.argmax(-1)).float().mean() >= 0.9
     assert not torch.equal(bf16, fp32)  # bf16 did run
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_on_cuda_trains_and_stays_near_fp32():
+    model = cnnf.load_pretrained("cnnf5_fmnist").cuda()
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 28, 28, device="cuda") * 2 - 1
+    with torch.inference_mode():
+        fp32 = torch.stack(model.infer(x).logits)
+        with autocast("bf16", x.device):
+            bf16 = torch.stack(model.infer(x).logits).float()
+    assert (bf16[0] - fp32[0]).abs().max() <= 0.012 * fp32[0].abs().max()
+    assert (bf16.argmax(-1) == fp32.argmax(-1)).float().mean() >= 0.9
+    before = model.layers[0].weight.detach().clone()
+    y = torch.randint(0, 10, (32,), device="cuda")
+    make_step(model.train(), adam(model.parameters(), 1e-3, 5e-4), LossWeights(), None, "bf16")(x, y)
+    assert model.layers[0].weight.dtype == torch.float32 and not torch.equal(model.layers[0].weight, before)
 
 
 def test_bf16_attacks_step_in_float32_within_the_threat_model():
