@@ -9,3 +9,4 @@ python -m pip install --quiet --no-deps -e .
 python -c 'import torch; assert torch.cuda.is_available(), "no CUDA GPU visible"; print(torch.cuda.get_device_name())'
 python -m pytest -q -p no:cacheprovider -m cuda
 python benchmarks/throughput.py --device cuda --out "${OUT:-benchmarks/results}"
+python benchmarks/throughput.py --device cuda --precision bf16 --out "${OUT:-benchmarks/results}"

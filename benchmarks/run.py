@@ -50,6 +50,7 @@ from cnnf.fast.allocator import keep_freed_memory
 from cnnf.layers import Conv2d, Linear
 from cnnf.losses import LossWeights
 from cnnf.model import CNNF
+from cnnf.precision import autocast
 from cnnf.train import adam
 
 SCHEMA_VERSION = 6
@@ -300,21 +301,21 @@ def random_batch(model: CNNF, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.randint(model.num_classes, (batch,), device=device)
 
 
-def training_step(model: CNNF, batch: int) -> Callable[[], None]:
+def training_step(model: CNNF, batch: int, precision: str = "fp32") -> Callable[[], None]:
     """One standard CNN-F training step, as `cnnf train` takes it (`cnnf.steps.make_step`; the
-    paper's losses and optimiser: Adam, lr 1e-3, weight decay 5e-4)."""
+    paper's losses and optimiser: Adam, lr 1e-3, weight decay 5e-4), at `precision`."""
     x, y = random_batch(model, batch)
     optimizer = adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
-    train_step = steps.make_step(model, optimizer, LossWeights(), adversarial=None)
+    train_step = steps.make_step(model, optimizer, LossWeights(), adversarial=None, precision=precision)
     return lambda: train_step(x, y)
 
 
-def inference_step(model: CNNF, batch: int) -> Callable[[], None]:
-    """Scored logits of one batch under inference mode."""
+def inference_step(model: CNNF, batch: int, precision: str = "fp32") -> Callable[[], None]:
+    """Scored logits of one batch under inference mode, at `precision`."""
     x, _ = random_batch(model, batch)
 
     def step() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(precision, x.device):
             model(x)
 
     return step

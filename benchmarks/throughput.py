@@ -4,6 +4,7 @@ and how long a full training run of each model would take there.
     python benchmarks/throughput.py --device cuda           # on a GPU
     python benchmarks/throughput.py --device cpu --threads 2 --models paper_mnist
     python benchmarks/throughput.py --device cpu --threads 2 --models wrn40_2_cifar vgg16 --batch 8 --iterations 0 1 2
+    python benchmarks/throughput.py --device cuda --precision bf16   # under bfloat16 autocast
 
 Writes benchmarks/results/throughput-<device>-<date>-<time>.{json,md} and prints the table.
 The CPU's full report (ceilings, efficiency, memory) is `run.py`; this one is for devices it
@@ -24,6 +25,7 @@ import torch
 
 import cnnf
 from cnnf.device import resolve_device
+from cnnf.precision import PRECISIONS
 from run import inference_step, training_step
 
 RESULTS = Path(__file__).with_name("results")
@@ -55,10 +57,10 @@ def images_per_s(step: Callable[[], None], batch: int, steps: int, device: torch
     return batch / statistics.median(times)
 
 
-def measure(name: str, iterations: int, device: torch.device, batch: int, steps: int) -> dict:
+def measure(name: str, iterations: int, device: torch.device, batch: int, steps: int, precision: str = "fp32") -> dict:
     model = cnnf.create_model(name, iterations=iterations).to(device)
-    train = images_per_s(training_step(model, batch), batch, steps, device)
-    infer = images_per_s(inference_step(model, batch), batch, steps, device)
+    train = images_per_s(training_step(model, batch, precision), batch, steps, device)
+    infer = images_per_s(inference_step(model, batch, precision), batch, steps, device)
     return {"model": name, "iterations": iterations, "train_images_per_s": train, "inference_images_per_s": infer,
             "paper_budget_hours": BUDGET_IMAGES[name] / train / 3600}
 
@@ -70,9 +72,9 @@ def device_name(device: torch.device) -> str:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Throughput on {report['device_name']} ({report['device']}), batch {report['batch']}", "",
-             f"{report['date']}; torch {report['torch']}; backend {report['backend']}; median of {report['steps']} "
-             f"steps; `python benchmarks/throughput.py --device {report['device']}`", "",
+    lines = [f"# Throughput on {report['device_name']} ({report['device']}), batch {report['batch']}, {report['precision']}",
+             "", f"{report['date']}; torch {report['torch']}; backend {report['backend']}; median of {report['steps']} "
+             f"steps; `python benchmarks/throughput.py --device {report['device']} --precision {report['precision']}`", "",
              "| model | N | train img/s | inference img/s | full training run (h) |", "|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['model']} | {r['iterations']} | {r['train_images_per_s']:.1f} | "
@@ -90,16 +92,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: under bfloat16 autocast")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    rows = [measure(name, n, device, args.batch, args.steps) for name in args.models for n in args.iterations]
+    rows = [measure(name, n, device, args.batch, args.steps, args.precision) for name in args.models for n in args.iterations]
     report = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": str(device), "device_name": device_name(device),
-              "torch": torch.__version__, "backend": cnnf.get_backend(), "batch": args.batch, "steps": args.steps,
-              "rows": rows}
-    stem = args.out / f"throughput-{device.type}-{time.strftime('%Y-%m-%d-%H%M%S')}"
+              "torch": torch.__version__, "backend": cnnf.get_backend(), "precision": args.precision, "batch": args.batch,
+              "steps": args.steps, "rows": rows}
+    stem = args.out / f"throughput-{device.type}-{args.precision}-{time.strftime('%Y-%m-%d-%H%M%S')}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
     stem.with_suffix(".md").write_text(markdown(report))
     print(markdown(report) + f"\nwrote {stem}.json, {stem}.md")

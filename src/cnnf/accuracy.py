@@ -3,13 +3,17 @@ trajectory's diagnostics (what the feedback does to the prediction and to the fe
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
+from cnnf import distributed
 from cnnf.data import ImageSet
 from cnnf.device import device_of
 from cnnf.inputs import check_count
 from cnnf.model import CNNF
+from cnnf.precision import autocast, full
 from cnnf.scoring import OUTPUTS, scores_per_step
 
 DIAGNOSTICS = ("ce", "rec", "g_norm_ratio", "g_cosine")
@@ -19,25 +23,36 @@ and the cosine of the angle between them."""
 
 
 @torch.inference_mode()
-def trajectory_statistics(model: CNNF, images: ImageSet, iterations: int,
-                          batch_size: int = 500) -> dict[str, list[float]]:
+def trajectory_statistics(model: CNNF, images: ImageSet, iterations: int, batch_size: int = 500,
+                          precision: str = "fp32") -> dict[str, list[float]]:
     """Per step, means over `images`: the accuracy of every output mode (`OUTPUTS`, in [0, 1],
-    scored as `cnnf.scoring` defines it) and the `DIAGNOSTICS`."""
+    scored as `cnnf.scoring` defines it) and the `DIAGNOSTICS`, with the model at `precision`.
+    In a group of processes, each takes every world_size-th batch and the sums are gathered."""
     if len(images) == 0:
         raise ValueError("accuracy needs at least one image, got an empty image set (0 images)")
     check_count(iterations, "iterations", minimum=0)
     check_count(batch_size, "batch_size")
     sums: dict[str, torch.Tensor] = {}
-    for x, y in images.batches(batch_size):
+    rank, processes = distributed.part()
+    for x, y in itertools.islice(images.batches(batch_size), rank, None, processes):
         x, y = x.to(device_of(model)), y.to(device_of(model))
-        run = model.infer(x, iterations=iterations)
-        logits = torch.stack(run.logits)  # (N + 1, B, classes)
+        with autocast(precision, x.device):
+            run = model.infer(x, iterations=iterations)
+        steps = [full(y_t) for y_t in run.logits]
+        logits = torch.stack(steps)  # (N + 1, B, classes)
         per_image = {mode: (scores_per_step(logits, mode).argmax(-1) == y).double() for mode in OUTPUTS}
-        per_image["ce"] = torch.stack([F.cross_entropy(y_t, y, reduction="none") for y_t in run.logits])
-        per_image |= _reconstruction_statistics(run.reconstructions, run.features[0])
+        per_image["ce"] = torch.stack([F.cross_entropy(y_t, y, reduction="none") for y_t in steps])
+        per_image |= _reconstruction_statistics([full(g) for g in run.reconstructions], full(run.features[0]))
         for name, values in per_image.items():  # values: (steps, B)
             sums[name] = sums.get(name, 0) + values.double().sum(1)
-    return {name: (total / len(images)).cpu().tolist() for name, total in sums.items()}
+    sums = _summed(distributed.all_gather({name: total.cpu() for name, total in sums.items()}))
+    return {name: (total / len(images)).tolist() for name, total in sums.items()}
+
+
+def _summed(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The sums of every process added up, name by name (a process without batches has none)."""
+    names = dict.fromkeys(name for part in parts for name in part)
+    return {name: sum(part[name] for part in parts if name in part) for name in names}
 
 
 def accuracy_per_iteration(model: CNNF, images: ImageSet, iterations: int, batch_size: int = 500) -> dict[str, list[float]]:

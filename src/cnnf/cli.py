@@ -19,7 +19,7 @@ from typing import NoReturn, TypeVar
 import torch
 import yaml
 
-from cnnf import checkpoint, neuro
+from cnnf import checkpoint, distributed, neuro
 from cnnf.accuracy import trajectory_statistics
 from cnnf.attacks import TARGETS, parse_attacks
 from cnnf.attacks.threat import check_eps
@@ -33,6 +33,7 @@ from cnnf.plot import plot_results
 from cnnf.reproduce.command import figures_named, run_reproduce
 from cnnf.reproduce.experiments import EXPERIMENTS
 from cnnf.reproduce.profiles import PROFILES
+from cnnf.precision import PRECISIONS, check_precision
 from cnnf.scoring import OUTPUTS
 from cnnf.train import RunFolderError, train
 from cnnf.zoo import list_models
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print("cnnf: interrupted; resume training with `cnnf train --resume RUN_DIR`, "
               "a robustness sweep by running the same `cnnf evaluate` command again", file=sys.stderr)
         return 130
+    finally:
+        distributed.stop()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     _add_device(p, "default: the config's device")
+    _add_precision(p, None, "default: the config's; a new run saves it in its config")
     p.set_defaults(handler=_train)
 
     p = commands.add_parser("test", help="clean test accuracy after every iteration count 0..N")
@@ -90,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS, help="default: the one the model was trained on")
     p.add_argument("--data-dir", type=_folder, help="folder holding the data set files")
     _add_device(p, "default: auto")
+    _add_precision(p, "fp32")
     p.set_defaults(handler=_test)
 
     p = commands.add_parser("evaluate", help="robustness sweep: attacks x targets x eps, scored per iteration count")
@@ -117,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=_folder)
     p.add_argument("--out", type=_new_file, help="results JSON (default: results/NAME.json); a plot is written beside it")
     _add_device(p, "default: auto")
+    _add_precision(p, "fp32")
     p.set_defaults(handler=_evaluate)
 
     p = commands.add_parser("plot", help="accuracy vs eps from one or more results files")
@@ -172,6 +178,11 @@ def _add_device(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--device", type=_from_library(check_device_name), help=f"auto, cpu, cuda or cuda:N ({default})")
 
 
+def _add_precision(p: argparse.ArgumentParser, default: str | None, note: str = "default: %(default)s") -> None:
+    p.add_argument("--precision", type=_from_library(check_precision), default=default,
+                   help=f"{' or '.join(PRECISIONS)}: bf16 runs the model under bfloat16 autocast ({note})")
+
+
 def _add_model_source(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("run_dir", nargs="?", type=_from_library(_model_source),
@@ -182,29 +193,32 @@ def _add_model_source(p: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     if args.resume is not None:
-        if args.config is not None or args.overrides:
-            raise ConfigError("--resume continues a run with its saved config; drop --config and --set")
+        if args.config is not None or args.overrides or args.precision:
+            raise ConfigError("--resume continues a run with its saved config (precision included); "
+                              "drop --config, --set and --precision")
         path = train(args.resume, resume=True, device=args.device)
     else:
         if args.config is None:
             raise ConfigError("give --config CONFIG.yaml to start a run, or --resume RUN_DIR to continue one")
-        config = load_config(args.config, args.overrides)
+        precision = [f"precision={args.precision}"] if args.precision else []
+        config = load_config(args.config, args.overrides + precision)
         run_dir = args.out or Path("runs") / args.config.stem
         path = train(run_dir, config, overwrite=args.overwrite, device=args.device)
-    print(f"final model: {path}")
+    if distributed.is_main():
+        print(f"final model: {path}")
     return 0
 
 
-def load_model_source(args: argparse.Namespace):
-    """(model on --device, saved training config) from a run folder or a pretrained name."""
+def load_model_source(args: argparse.Namespace, device: torch.device):
+    """(model on `device`, saved training config) from a run folder or a pretrained name."""
     path = checkpoint.pretrained_path(args.pretrained) if args.pretrained else checkpoint.source_path(args.run_dir)
-    return load_model_file(path, args.device)
+    return load_model_file(path, device)
 
 
-def load_model_file(path: Path, device: str | None):
-    """(model on `device` (default auto), saved training config) from a checkpoint file."""
+def load_model_file(path: Path, device: torch.device):
+    """(model on `device`, saved training config) from a checkpoint file."""
     state = checkpoint.read(path)
-    return checkpoint.model_from_state(state, path).to(resolve_device(device or "auto")), state.get("config", {})
+    return checkpoint.model_from_state(state, path).to(device), state.get("config", {})
 
 
 def _data_source(args: argparse.Namespace, config: dict) -> tuple[str, Path | str | None]:
@@ -215,11 +229,13 @@ def _data_source(args: argparse.Namespace, config: dict) -> tuple[str, Path | st
 
 
 def _test(args: argparse.Namespace) -> int:
-    model, config = load_model_source(args)
+    model, config = load_model_source(args, distributed.start(args.device or "auto"))
     dataset, data_dir = _data_source(args, config)
     iterations = model.iterations if args.iterations is None else args.iterations
     test_set = load_dataset(dataset, data_dir)["test"]
-    stats = trajectory_statistics(model, test_set, iterations)
+    stats = trajectory_statistics(model, test_set, iterations, precision=args.precision)
+    if not distributed.is_main():
+        return 0
     print(f"clean test accuracy on {dataset} ({len(test_set)} images), model trained with N = {model.iterations}; "
           "ce: cross entropy of step t; |g|/|h|, cos: the reconstruction that feeds step t against the clean features")
     print(f"{'iterations':>10}" + "".join(f"  {mode:>7}" for mode in OUTPUTS) + f"  {'ce':>6}  {'|g|/|h|':>7}  {'cos':>5}")
@@ -233,7 +249,7 @@ def _test(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     if "cnn" in args.targets and args.cnn is None:
         raise UsageError("--targets cnn transfers from a separately trained CNN: give it with --cnn RUN_DIR_OR_CHECKPOINT")
-    model, config = load_model_source(args)
+    model, config = load_model_source(args, distributed.start(args.device or "auto"))
     test_set = load_dataset(*_data_source(args, config))["test"]
     if args.subset is not None:
         test_set = test_set.subset(torch.arange(min(args.subset, len(test_set))))
@@ -245,13 +261,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         seeds=list(range(args.seeds)),
         batch_size=args.batch_size,
         early_stop=not args.no_early_stop,
+        precision=args.precision,
     )
     cnn = checkpoint.load_model(checkpoint.source_path(args.cnn)).to(device_of(model)) if args.cnn else None
     out = args.out or Path("results") / f"{args.pretrained or args.run_dir.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = run_sweep(model, test_set, sweep, cnn=cnn, progress=out.with_suffix(".progress.pt"),
-                       report=lambda line: print(line, file=sys.stderr, flush=True), pieces=tuple(args.pieces),
-                       keep_progress=args.keep_progress)
+    report = (lambda line: print(line, file=sys.stderr, flush=True)) if distributed.is_main() else None
+    result = run_sweep(model, test_set, sweep, cnn=cnn, progress=out.with_suffix(".progress.pt"), report=report,
+                       pieces=tuple(args.pieces), keep_progress=args.keep_progress)
+    if not distributed.is_main():
+        return 0
     result.meta["model"] = args.pretrained or str(args.run_dir)
     out.write_text(json.dumps(result.to_plain(), indent=1))
     print(format_table(result))
@@ -272,7 +291,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _neural_predictivity(args: argparse.Namespace) -> int:
     recordings = neuro.load_recordings(args.recordings)
-    model, _ = load_model_source(args)
+    model, _ = load_model_source(args, resolve_device(args.device or "auto"))
     cnn = checkpoint.load_model(checkpoint.source_path(args.cnn), iterations=0).to(device_of(model)) if args.cnn else None
     options = dict(layers=args.layers, n_components=args.components, splits=args.splits, seed=args.seed)
     rows = [{"model": "cnn", **row} for row in (neuro.score_model(cnn, recordings, **options) if cnn else [])]

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from cnnf.device import check_device_name
-
+from cnnf.precision import check_precision
 from cnnf.records import allowed_types, from_plain
 from cnnf.scoring import OUTPUTS
 
@@ -51,6 +51,8 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None          # torch.set_num_threads; None: torch's default
     device: str = "auto"                # auto (CUDA where available) | cpu | cuda | cuda:N
+    precision: str = "fp32"             # fp32 | bf16: autocast to bfloat16 (weights, optimiser
+                                        # and losses stay float32; cnnf.precision)
     checkpoint_every: int = 100         # steps between checkpoints (and one per epoch)
     eval_batch_size: int = 500
     tensorboard: bool = False
@@ -83,6 +85,7 @@ class TrainConfig:
             raise ConfigError(f"residual must be in (0, 1], got {self.residual}")
         try:
             check_device_name(self.device)
+            check_precision(self.precision)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         if not 0 <= self.relu_mixing < 1:

@@ -128,19 +128,23 @@ class ImageSet:
         return ImageSet(self.images[index], self.labels[index], self.num_classes)
 
     def batches(
-        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+        part: tuple[int, int] = (0, 1),
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(x, y)``: x float32 ``(B, C, H, W)`` in [-1, 1], y int64 ``(B,)``.
 
         Covers every sample once; the last batch may be smaller. With ``shuffle``
-        the order is ``torch.randperm(len(self), generator=generator)``.
+        the order is ``torch.randperm(len(self), generator=generator)``. With ``part``
+        ``(i, n)``, each batch keeps only its images i, i + n, i + 2n, ...: process i's
+        share of every batch split over n processes (the default keeps them all).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        share, parts = part
         for start in range(0, n, batch_size):
-            index = order[start : start + batch_size]
+            index = order[start : start + batch_size][share::parts]
             yield to_model_range(self.images[index]), self.labels[index]
 
 

@@ -6,6 +6,11 @@ eps is in [0, 1] image units (the L-inf radius in the model's [-1, 1] range is 2
 "e2e" attacks differentiate the model at its own N and output mode; rows scored at another
 iteration count or mode from the same images are transfers (Row.attacked_output False).
 The "worst-case" rows count an image as robust only if it survives every attack and target run.
+
+In a group of processes (`cnnf.distributed`), the processes take the batches in turns (batch b
+on process b mod world size, the same images and attack seeds as in one process) and every
+process gathers every batch's flags, so the results are those of one process; only the main
+process writes the progress file.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ import datetime
 import itertools
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from cnnf import distributed
 from cnnf.attacks import TARGETS, AttackSpec, GradientSource, gradient_source
 from cnnf.attacks.threat import check_eps
 from cnnf.data import ImageSet
@@ -28,6 +34,7 @@ from cnnf.device import device_of
 from cnnf.inputs import check_count
 from cnnf.model import CNNF
 from cnnf.model_card import git_revision
+from cnnf.precision import autocast, check_precision, full
 from cnnf.results import Check, Curve, Row, SweepResult
 from cnnf.scoring import OUTPUTS, Scoring, check_output, scores_per_step
 from cnnf.sweep_progress import AttackRun, Flags, RunKey, SweepProgress, fingerprint
@@ -47,6 +54,7 @@ class Sweep:
     seeds: list[int] = field(default_factory=lambda: [0])
     batch_size: int = 250
     early_stop: bool = True  # "e2e" PGD keeps each image's first misclassified iterate
+    precision: str = "fp32"  # "bf16": the model (attacked and scored) under bfloat16 autocast
     attacked: Scoring | None = None  # what "e2e" differentiates: the model's N and output (set by run_sweep)
 
     def __post_init__(self):
@@ -65,6 +73,7 @@ class Sweep:
         for mode in self.outputs:
             check_output(mode)
         check_count(self.batch_size, "batch_size")
+        check_precision(self.precision)
 
     def run_keys(self) -> list[RunKey]:
         """Every attack run, seed by seed (a partial sweep has all settings of its first seeds)."""
@@ -110,10 +119,11 @@ def run_sweep(
         raise ValueError("a sweep needs at least one image, got an empty image set (0 images)")
     model.eval()
     sweep.attacked = Scoring(model.iterations, model.output)
-    sources = {target: gradient_source(model, target, cnn=cnn) for target in sweep.targets}
+    sources = {target: gradient_source(model, target, cnn=cnn, precision=sweep.precision) for target in sweep.targets}
     meta = _meta(model, images, sweep)  # git revision and date of the code that starts the sweep
     resuming = progress is not None and progress.exists()
-    saved = SweepProgress(progress, _fingerprint(model, images, sweep, cnn))
+    saved = SweepProgress(progress, _fingerprint(model, images, sweep, cnn), writes=distributed.is_main())
+    distributed.barrier()  # every process has read the progress file before the main one writes it
     if resuming and report is not None:
         report(f"resuming the sweep saved in {progress}")
     for piece in pieces:
@@ -152,26 +162,52 @@ def _fingerprint(model: CNNF, images: ImageSet, sweep: Sweep, cnn: CNNF | None) 
         "batch_size": sweep.batch_size, "early_stop": sweep.early_stop,
         "attacks": [(s.name, s.steps, s.restarts, dict(s.options)) for s in sweep.attacks],
     }
+    if sweep.precision != "fp32":  # fp32 sweeps keep the fingerprint of sweeps saved before the setting
+        settings["precision"] = sweep.precision
     return fingerprint([model] + ([cnn] if cnn is not None else []), images.images, images.labels, settings)
 
 
 def _robust_flags(model: CNNF, images: ImageSet, sweep: Sweep, attacker: Attacker | None) -> Flags:
     """Per scoring: a bool per image, True where the prediction is correct."""
-    batches = [_batch_flags(model, x, y, sweep, attacker, i) for i, (x, y) in enumerate(images.batches(sweep.batch_size))]
-    return _concatenate(batches)
+    batches = range(-(-len(images) // sweep.batch_size))
+    done = {index: flags for turn in _turns(model, images, sweep, attacker, batches) for index, flags, _ in turn}
+    return _concatenate([done[i] for i in sorted(done)])
 
 
 def _attack_run(model: CNNF, images: ImageSet, sweep: Sweep, attacker: Attacker, saved: SweepProgress) -> AttackRun:
-    """`_robust_flags` of one attack run and its seconds, batch by batch; each finished batch is
-    saved, so an interrupted run resumes at the batch where it stopped."""
+    """`_robust_flags` of one attack run and its seconds (summed over batches, and so over
+    processes), batch by batch; each finished batch is saved, so an interrupted run resumes at
+    the batch where it stopped."""
     done, seconds = saved.partial(attacker.key)
-    for index, (x, y) in enumerate(images.batches(sweep.batch_size)):
-        if index not in done:
-            start = time.perf_counter()
-            done[index] = _batch_flags(model, x, y, sweep, attacker, index)
-            seconds += time.perf_counter() - start
-            saved.put_batch(attacker.key, index, done[index], seconds)
+    todo = [index for index in range(-(-len(images) // sweep.batch_size)) if index not in done]
+    for turn in _turns(model, images, sweep, attacker, todo):
+        for index, flags, batch_seconds in turn:
+            done[index] = flags
+            seconds += batch_seconds
+            saved.put_batch(attacker.key, index, flags, seconds)
     return AttackRun(_concatenate([done[i] for i in sorted(done)]), seconds)
+
+
+def _turns(model: CNNF, images: ImageSet, sweep: Sweep, attacker: Attacker | None,
+           batches: list[int] | range) -> Iterator[list[tuple[int, Flags, float]]]:
+    """The `batches` (indices) in turns of one batch per process; yields each turn's (index,
+    flags, seconds) of every process, in batch order (one batch per turn in one process)."""
+    rank, processes = distributed.part()
+    for start in range(0, len(batches), processes):
+        turn = batches[start : start + processes]
+        mine = None
+        if rank < len(turn):
+            x, y = _batch(images, turn[rank], sweep.batch_size)
+            begin = time.perf_counter()
+            flags = _batch_flags(model, x, y, sweep, attacker, turn[rank])
+            mine = (turn[rank], flags, time.perf_counter() - begin)
+        yield [result for result in distributed.all_gather(mine) if result is not None]
+
+
+def _batch(images: ImageSet, index: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch number `index` of `images.batches(batch_size)`."""
+    part = images.subset(torch.arange(index * batch_size, min((index + 1) * batch_size, len(images))))
+    return next(part.batches(len(part)))
 
 
 def _batch_flags(model: CNNF, x: torch.Tensor, y: torch.Tensor, sweep: Sweep, attacker: Attacker | None,
@@ -183,8 +219,8 @@ def _batch_flags(model: CNNF, x: torch.Tensor, y: torch.Tensor, sweep: Sweep, at
         spec, key = attacker.spec, attacker.key
         generator = torch.Generator().manual_seed(key.seed * 1_000_003 + batch)
         x = spec.run(attacker.source, x, y, key.eps, generator, early_stop=_early_stop(sweep, spec, key.target))
-    with torch.inference_mode():
-        logits = torch.stack(model.infer(x, iterations=max(sweep.iterations)).logits)  # (N + 1, B, classes)
+    with torch.inference_mode(), autocast(sweep.precision, x.device):
+        logits = full(torch.stack(model.infer(x, iterations=max(sweep.iterations)).logits))  # (N + 1, B, classes)
     correct = {mode: scores_per_step(logits, mode).argmax(-1) == y for mode in sweep.outputs}  # (N + 1, B)
     return {s: correct[s.output][s.iterations].cpu() for s in sweep.scorings()}
 
@@ -297,7 +333,7 @@ def _gradient_checks(model: CNNF, images: ImageSet, sweep: Sweep, cnn: CNNF | No
     checks = []
     for target in sweep.targets:
         x_ = x.clone().requires_grad_(True)
-        loss = F.cross_entropy(gradient_source(model, target, cnn=cnn)(x_), y)
+        loss = F.cross_entropy(gradient_source(model, target, cnn=cnn, precision=sweep.precision)(x_), y)
         (grad,) = torch.autograd.grad(loss, x_)
         norm = grad.abs().sum().item()
         checks.append(Check(check=f"{target} gradients are non-zero", passed=norm > 0,
@@ -310,8 +346,9 @@ def _meta(model: CNNF, images: ImageSet, sweep: Sweep) -> dict:
         "model_settings": model.settings(), "images": len(images), "seeds": sweep.seeds,
         "eps_units": "[0, 1] image units; the L-inf radius in the model's [-1, 1] range is 2 * eps",
         "attacks": [{"name": s.name, "steps": s.steps, "restarts": s.restarts, "gradient_free": s.gradient_free} for s in sweep.attacks],
-        "targets": sweep.targets, "git_revision": git_revision(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "threads": torch.get_num_threads(),
+        "targets": sweep.targets, "precision": sweep.precision, "git_revision": git_revision(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "threads": torch.get_num_threads(),
+        "processes": distributed.world_size(),
     }
 
 

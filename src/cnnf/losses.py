@@ -23,6 +23,7 @@ from torch import Tensor
 from cnnf import backend, fast
 from cnnf.layers import Bias, leaves
 from cnnf.model import CNNF, Inference, Latents
+from cnnf.precision import full
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,15 @@ def cnnf_loss(
 
     target: features the reconstructions should match (default: h_0 of `run`; for adversarial
     inputs pass the clean image's features). The norm term needs `keep_activations=True`.
+    Every term is computed from logits and maps in float32 (`full`), also under bf16 autocast.
     """
-    terms = {"ce": _mean(F.cross_entropy(y, labels) for y in run.logits)}
-    zero = run.logits[0].new_zeros(())
-    target = run.features[0] if target is None else target
-    terms["rec"] = reconstruction_error(run.reconstructions, target) if run.feedbacks else zero
+    terms = {"ce": _mean(F.cross_entropy(full(y), labels) for y in run.logits)}
+    zero = full(run.logits[0]).new_zeros(())
+    target = full(run.features[0] if target is None else target)
+    terms["rec"] = reconstruction_error([full(g) for g in run.reconstructions], target) if run.feedbacks else zero
     terms["cll"] = zero
     if weights.cll and run.feedbacks:
-        terms["cll"] = _mean(F.cross_entropy(class_energies(model, z), labels) for z in run.latents[:-1])
+        terms["cll"] = _mean(F.cross_entropy(full(class_energies(model, z)), labels) for z in run.latents[:-1])
     terms["norm"] = zero
     if weights.norm and run.feedbacks:
         if run.activations is None:
@@ -93,7 +95,7 @@ def _repeat_samples(latents, k: int):
 
 def _norm_gap(model: CNNF, activations: tuple, signals: tuple) -> Tensor:
     gaps = [
-        (f.flatten(1).norm(dim=1) - g.flatten(1).norm(dim=1)).abs().mean()
+        (full(f).flatten(1).norm(dim=1) - full(g).flatten(1).norm(dim=1)).abs().mean()
         for layer, f, g in leaves(model.layers, activations, signals)
         if isinstance(layer, Bias) and f is not None and g is not None
     ]

@@ -53,11 +53,13 @@ class SweepProgressError(ValueError):
 
 class SweepProgress:
     """Finished attack runs of one sweep and the finished batches of the run in progress;
-    `path` None keeps nothing (no resuming)."""
+    `path` None keeps nothing (no resuming). With `writes` False the file is read but never
+    written or deleted (the processes of a sweep other than the main one)."""
 
-    def __init__(self, path: Path | None, fingerprint: str):
+    def __init__(self, path: Path | None, fingerprint: str, writes: bool = True):
         self.path = path
         self.fingerprint = fingerprint
+        self.writes = writes
         self.runs: dict[str, dict] = {}
         self.in_progress: dict | None = None  # {"run", "batches": {index: flags}, "seconds"}
         self.resumed: list[str] = []  # runs read back from the file
@@ -108,13 +110,13 @@ class SweepProgress:
         self._save()
 
     def _save(self) -> None:
-        if self.path is not None:
+        if self.path is not None and self.writes:
             state = {"fingerprint": self.fingerprint, "runs": self.runs, "in_progress": self.in_progress}
             save_atomic(state, self.path)
 
     def finish(self) -> None:
         """The sweep is complete and its results are written: the progress file goes."""
-        if self.path is not None:
+        if self.path is not None and self.writes:
             self.path.unlink(missing_ok=True)
 
 

@@ -95,6 +95,7 @@ class _ConvTransposeToOneChannel(torch.autograd.Function):
     the time of matmuls on the unfolded gradient (benchmarks/README.md)."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, g: Tensor, weight: Tensor, padding: int) -> Tensor:
         batch, channels, height, width = g.shape
         k = weight.shape[-1]
@@ -111,6 +112,7 @@ class _ConvTransposeToOneChannel(torch.autograd.Function):
         return channels_last(full[:, p : full.shape[1] - p, p : full.shape[2] - p].permute(0, 3, 1, 2))
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")  # under autocast (bf16), as the forward ran
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         g, weight = ctx.saved_tensors

@@ -14,6 +14,7 @@ import yaml
 
 from cnnf import checkpoint, cli
 from cnnf.data import DATASETS, load_dataset
+from cnnf.device import resolve_device
 from cnnf.viz.cells import compute_cells
 from cnnf.viz.common import Record
 from cnnf.viz.corruptions import KINDS, Corruptions
@@ -104,7 +105,7 @@ def _corruptions(args: argparse.Namespace) -> Corruptions:
 
 def _model_and_images(args: argparse.Namespace):
     """(model, test images, dataset name) of a figure command."""
-    model, config = cli.load_model_source(args)
+    model, config = cli.load_model_source(args, resolve_device(args.device or "auto"))
     dataset, data_dir = cli._data_source(args, config)
     return model, load_dataset(dataset, data_dir)["test"], dataset
 
@@ -169,7 +170,7 @@ def _report(args: argparse.Namespace) -> int:
 def _entry(source: Path, args: argparse.Namespace) -> Entry:
     """A model of the report with its card (shipped models only) and its data set's test images."""
     path = checkpoint.source_path(source)
-    model, config = cli.load_model_file(path, args.device)
+    model, config = cli.load_model_file(path, resolve_device(args.device or "auto"))
     card_file = path.with_suffix(".yaml")
     card = yaml.safe_load(card_file.read_text()) if path.parent == checkpoint.PRETRAINED_DIR and card_file.is_file() else None
     dataset = config.get("dataset", "fashion-mnist")

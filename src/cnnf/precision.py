@@ -1,0 +1,37 @@
+"""Numeric precision of training, evaluation and attacks: "fp32" (the default) or "bf16", which
+runs the model under `torch.autocast(device_type, dtype=torch.bfloat16)` on CPU and CUDA.
+
+Weights, optimiser state, losses and attack arithmetic stay float32 under "bf16": autocast
+computes convolutions and matrix products in bfloat16; losses take logits and maps cast back
+with `full`, and attacks step and project in float32 (docs/DESIGN.md section 9). "fp32" adds
+no autocast region, so runs are bit-identical to code without this setting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(name: object) -> str:
+    """`name` if it is one of PRECISIONS, else a ValueError that names them."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    return name
+
+
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """A context that runs the model at `precision` on `device`: torch.autocast to bfloat16 for
+    "bf16", nothing for "fp32"."""
+    if check_precision(precision) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def full(t: Tensor) -> Tensor:
+    """`t` in float32 if it is of a 16-bit float type, else unchanged (float32 and float64 stay)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
