@@ -147,7 +147,8 @@ def _card(entry: Entry) -> str:
             ["iterations N", model.iterations], ["reconstructs to layer k", model.reconstruct_to],
             ["output", model.output], ["residual r", model.residual]]
     if card:
-        rows += [["epochs", f"{card['epochs']} ({card['epochs_note']})"],
+        rows += [["epochs", card["epochs"]],
+                 ["departures from the paper's training", "; ".join(card["deviations"]) or "none"],
                  ["test accuracy (card, full test set)",
                   ", ".join(f"t={t}: {100 * a:.2f} %" for t, a in enumerate(card["test_accuracy"]["last"]))]]
     full = yaml.safe_dump(card or entry.config, sort_keys=False)
