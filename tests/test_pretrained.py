@@ -30,18 +30,20 @@ def test_card_matches_weights(name):
     assert card["command"].startswith("cnnf train --config configs/")
 
 
-def _fashion_test_set():
+def _test_set(card: dict):
+    """The test set of the data set the card's model was trained on (skip where it is missing)."""
+    dataset = card["data"]["dataset"]
     try:
-        return load_dataset("fashion-mnist")["test"]
+        return load_dataset(dataset)["test"]
     except DataError as error:
-        pytest.skip(f"Fashion-MNIST not installed: {error}")
+        pytest.skip(f"{dataset} not installed: {error}")
 
 
 @pytest.mark.parametrize("name", checkpoint.pretrained_names())
 def test_accuracy_on_a_slice_agrees_with_the_card(name):
     """On the first 1000 test images the accuracy is within 4 points of the card's full-set value."""
     card = yaml.safe_load((checkpoint.PRETRAINED_DIR / f"{name}.yaml").read_text())
-    test = _fashion_test_set()
+    test = _test_set(card)
     subset = test.subset(torch.arange(1000))
     model = cnnf.load_pretrained(name)
     acc = accuracy_per_iteration(model, subset, model.iterations)["last"][-1]
@@ -53,7 +55,7 @@ def test_accuracy_on_a_slice_agrees_with_the_card(name):
 def test_card_test_accuracy_is_reproducible(name):
     card = yaml.safe_load((checkpoint.PRETRAINED_DIR / f"{name}.yaml").read_text())
     model = cnnf.load_pretrained(name)
-    acc = accuracy_per_iteration(model, _fashion_test_set(), model.iterations)
+    acc = accuracy_per_iteration(model, _test_set(card), model.iterations)
     # float32 results depend on the kernels (memory layout, thread count), which can flip a
     # borderline prediction: allow 5 of the 10,000 test images (adv_fgsm_cnnf5_fmnist's
     # N = 4 and 5 differ by 4 and 1 from its card on the 2-core development host, with the
