@@ -3,6 +3,7 @@ checkpoints and resume, and one-line errors."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 import yaml
 
 import cnnf
-from cnnf import checkpoint
+from cnnf import checkpoint, precision
 from cnnf.attacks import gradient_source, pgd
 from cnnf.cli import main
 from cnnf.losses import LossWeights
@@ -129,3 +130,14 @@ def test_a_bf16_sweep_says_so_and_is_not_resumed_from_an_fp32_one(tmp_path: Path
     result = run_sweep(model, images, sweeps["bf16"])
     assert result.meta["precision"] == "bf16" and all(0 <= r.accuracy_mean <= 1 for r in result.rows)
     assert _fingerprint(model, images, sweeps["fp32"], None) != _fingerprint(model, images, sweeps["bf16"], None)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_native_bfloat16_warns_that_it_is_slower(monkeypatch, native: bool):
+    monkeypatch.setattr(precision, "native_bf16_cpu", lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with autocast("bf16", "cpu"), autocast("fp32", "cpu"):
+            pass
+    slower = [w for w in caught if "no native bfloat16" in str(w.message)]
+    assert len(slower) == (0 if native else 1)
