@@ -27,16 +27,16 @@ $(FASHION):
 $(MNIST): $(STAMP)
 	$(BIN)/python -m cnnf.data fetch mnist
 
-quickstart: setup
+quickstart: setup  # train the quick CNN and CNN-F-5, then attack the shipped recipe models (README)
 	$(BIN)/cnnf train --config configs/cnn_fmnist_quick.yaml --overwrite
 	$(BIN)/cnnf train --config configs/cnnf5_fmnist_quick.yaml --overwrite
 	$(BIN)/cnnf test runs/cnn_fmnist_quick
 	$(BIN)/cnnf test runs/cnnf5_fmnist_quick
-	$(BIN)/cnnf evaluate runs/cnn_fmnist_quick --subset 300 --attacks pgd7 --targets first \
-		--eps 0,0.05,0.1 --out runs/quickstart/cnn.json
-	$(BIN)/cnnf evaluate runs/cnnf5_fmnist_quick --subset 300 --attacks pgd7 --targets first,e2e \
-		--eps 0,0.05,0.1 --iterations 0,5 --out runs/quickstart/cnnf5.json
-	$(BIN)/cnnf plot runs/quickstart/cnn.json runs/quickstart/cnnf5.json --out runs/quickstart/robustness.png
+	$(BIN)/cnnf evaluate --pretrained cnn_fmnist --subset 300 --attacks pgd7 --targets first \
+		--eps 0,0.05,0.1 --out runs/quickstart/cnn_fmnist.json
+	$(BIN)/cnnf evaluate --pretrained cnnf5_fmnist --subset 300 --attacks pgd7 --targets first,e2e \
+		--eps 0,0.05,0.1 --iterations 0,5 --out runs/quickstart/cnnf5_fmnist.json
+	$(BIN)/cnnf plot runs/quickstart/cnn_fmnist.json runs/quickstart/cnnf5_fmnist.json --out runs/quickstart/robustness.png
 
 test: setup
 	$(BIN)/python -m pytest
