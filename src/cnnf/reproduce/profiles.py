@@ -91,8 +91,8 @@ PROFILES: Mapping[str, Profile] = MappingProxyType({
     "paper": Profile(
         name="paper",
         summary="paper: the paper's budgets (30 standard and 90 adversarial epochs from scratch, "
-                "5 seeds, the full test set)",
-        training_seeds=5, epochs=_kinds(None, None), train_subset=_kinds(None, None), val_size=None,
+                "5 seeds, the full test set), with the recipe's cosine learning-rate decay",
+        training_seeds=5, epochs=_kinds(30, 90), train_subset=_kinds(None, None), val_size=None,
         finetune_adversarial=False, test_subset=None, attack_seeds=1, eps=PAPER_EPS,
         eps_wide=PAPER_EPS + (0.35, 0.4, 0.45, 0.5), strongest_subset=1000, autoattack=True, corruption_subset=None,
     ),
