@@ -16,6 +16,7 @@ from cnnf.fast import kernels
 from cnnf.layers import AdaReLU, Branches, Conv2d, GlobalAvgPool, Residual
 from cnnf.zoo import vgg, wide_resnet
 from test_backends import CLOSE, _everything
+from test_model import assert_model_contract
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -259,22 +260,12 @@ def test_vgg16_is_configuration_d():
 
 def test_registered_model_contract_wrn():
     model = cnnf.create_model("wrn40_2_cifar", iterations=1).float()
-    _contract(model)
+    assert_model_contract(model)
 
 
 @pytest.mark.slow
 def test_registered_model_contract_vgg16():
-    _contract(cnnf.create_model("vgg16", iterations=1, input_shape=[3, 32, 32]).float())
-
-
-def _contract(model):
-    x = torch.rand(2, *model.input_shape, dtype=torch.float32) * 2 - 1
-    run = model.infer(x)
-    assert run.output().shape == (2, model.num_classes)
-    assert all(torch.isfinite(y).all() for y in run.logits)
-    assert run.reconstructions[0].shape == run.features[0].shape
-    model(x).logsumexp(1).sum().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert_model_contract(cnnf.create_model("vgg16", iterations=1, input_shape=[3, 32, 32]).float())
 
 
 def test_norm_override_removes_instance_norm_inside_residual_blocks():

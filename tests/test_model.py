@@ -254,8 +254,13 @@ def test_adaptive_stopping_freezes_finished_samples():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_registered_model_contract(name):
-    model = cnnf.create_model(name, iterations=2).float()
-    x = torch.rand(2, 1, 28, 28, dtype=torch.float32) * 2 - 1
+    assert_model_contract(cnnf.create_model(name, iterations=2).float())
+
+
+def assert_model_contract(model: cnnf.CNNF) -> None:
+    """Two random images in: finite logits of the right shape at every step, reconstructions
+    shaped like the features they replace, and a finite gradient for every parameter."""
+    x = torch.rand(2, *model.input_shape, dtype=torch.float32) * 2 - 1
     run = model.infer(x)
     assert run.output().shape == (2, model.num_classes)
     assert all(torch.isfinite(y).all() for y in run.logits)
