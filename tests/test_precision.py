@@ -135,9 +135,10 @@ def test_a_bf16_sweep_says_so_and_is_not_resumed_from_an_fp32_one(tmp_path: Path
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_on_a_cpu_without_native_bfloat16_warns_that_it_is_slower(monkeypatch, native: bool):
     monkeypatch.setattr(precision, "native_bf16_cpu", lambda: native)
+    precision._warn_emulated_bf16.cache_clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with autocast("bf16", "cpu"), autocast("fp32", "cpu"):
+        with autocast("bf16", "cpu"), autocast("bf16", "cpu"), autocast("fp32", "cpu"):
             pass
     slower = [w for w in caught if "no native bfloat16" in str(w.message)]
     assert len(slower) == (0 if native else 1)

@@ -10,6 +10,7 @@ no autocast region, so runs are bit-identical to code without this setting.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 
 import torch
@@ -32,9 +33,15 @@ def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractC
         return contextlib.nullcontext()
     device_type = torch.device(device).type
     if device_type == "cpu" and not native_bf16_cpu():
-        warnings.warn("this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX): bf16 runs about 10 times "
-                      "slower than fp32 here (benchmarks/README.md); use fp32", stacklevel=2)
+        _warn_emulated_bf16()
     return torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:
+    """Warn once per process that bf16 is emulated on this CPU."""
+    warnings.warn("this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX): bf16 runs about 10 times "
+                  "slower than fp32 here (benchmarks/README.md); use fp32", stacklevel=3)
 
 
 def native_bf16_cpu() -> bool:
